@@ -1,0 +1,195 @@
+"""The platform team's configuration: `$AIRFLOW_HOME/infra.yaml`, validated by pydantic.
+
+With no file, every task runs on the built-in `local` target. Loaded at execute time
+only (never while a DAG is parsed) and cached per process by the file's mtime.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from airflow_infra.errors import InfraConfigError, where
+from airflow_infra.routing import Condition, RuleSyntaxError, describe
+from airflow_infra.spec import TARGET_NAME, Resources
+
+FORCE_TARGET_ENV = "AIRFLOW_INFRA_TARGET"
+LOCAL = "local"
+
+
+class _Target(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalTarget(_Target):
+    """A subprocess on the worker, in a cached virtual environment built with uv."""
+
+    kind: Literal["local"] = "local"
+
+
+class DockerTarget(_Target):
+    """The task's built image on the worker's Docker engine."""
+
+    kind: Literal["docker"]
+
+
+class KubernetesTarget(_Target):
+    kind: Literal["kubernetes"]
+    namespace: str = "default"
+    kubernetes_conn_id: str = "kubernetes_default"
+    service_account: str | None = None
+
+
+class BatchTarget(_Target):
+    kind: Literal["batch"]
+    job_queue: str
+    aws_conn_id: str = "aws_default"
+    region: str | None = None
+
+
+Target = Annotated[LocalTarget | DockerTarget | KubernetesTarget | BatchTarget, Field(discriminator="kind")]
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    when: str | None = None
+    target: str
+
+    @field_validator("when")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                Condition.compile(value)
+            except RuleSyntaxError as exc:
+                raise ValueError(f"{value!r}: {exc}") from None
+        return value
+
+    @property
+    def condition(self) -> Condition | None:
+        return None if self.when is None else Condition.compile(self.when)
+
+
+class InfraConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    registry: str | None = None
+    builder: str = "docker"
+    artifacts: str | None = None
+    # Results whose pickle is at most this many bytes, and made of plain Python values, also
+    # go to XCom as values; anything else goes as a reference into the artifact store.
+    xcom_max_bytes: int = Field(default=64 * 1024, ge=0)
+    targets: dict[str, Target] = {}
+    rules: list[Rule] = []
+
+    @field_validator("targets")
+    @classmethod
+    def _names(cls, targets: dict[str, Any]) -> dict[str, Any]:
+        for name in targets:
+            if not TARGET_NAME.match(name):
+                raise ValueError(f"target name {name!r} must be lowercase letters, digits, '-' or '_'")
+        return targets
+
+    @model_validator(mode="after")
+    def _builtin_local_and_rule_targets(self) -> InfraConfig:
+        if LOCAL not in self.targets:
+            object.__setattr__(self, "targets", {**self.targets, LOCAL: LocalTarget()})
+        elif not isinstance(self.targets[LOCAL], LocalTarget):
+            raise ValueError("the name 'local' is reserved for a target of kind local")
+        for i, rule in enumerate(self.rules, 1):
+            if rule.target not in self.targets:
+                raise ValueError(f"rule {i} sends tasks to {rule.target!r}, which is not among targets: {sorted(self.targets)}")
+        return self
+
+
+def config_path() -> Path:
+    """`[infra] config_file`, else `$AIRFLOW_HOME/infra.yaml`."""
+    from airflow.configuration import AIRFLOW_HOME, conf
+
+    configured = conf.get("infra", "config_file", fallback="")
+    return Path(configured) if configured else Path(AIRFLOW_HOME) / "infra.yaml"
+
+
+_cache: dict[Path, tuple[float, InfraConfig]] = {}
+
+
+def load_config(path: Path | None = None) -> InfraConfig:
+    path = path or config_path()
+    try:
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        return InfraConfig()
+    cached = _cache.get(path)
+    if cached and cached[0] == mtime:
+        return cached[1]
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        config = InfraConfig.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise InfraConfigError(f"{path}: not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise InfraConfigError(f"{path}: {problems}") from None
+    _cache[path] = (mtime, config)
+    return config
+
+
+def artifacts_url(config: InfraConfig) -> str:
+    if config.artifacts:
+        return config.artifacts
+    from airflow.configuration import AIRFLOW_HOME
+
+    return f"file://{Path(AIRFLOW_HOME).resolve()}/infra/artifacts"
+
+
+def env_cache_dir() -> Path:
+    """Where the local target keeps its virtual environments: `[infra] env_cache_dir`."""
+    from airflow.configuration import AIRFLOW_HOME, conf
+
+    configured = conf.get("infra", "env_cache_dir", fallback="")
+    return Path(configured) if configured else Path(AIRFLOW_HOME) / "infra" / "envs"
+
+
+@dataclass(frozen=True)
+class Route:
+    target: str
+    reason: str
+
+
+def route(config: InfraConfig, resources: Resources, hint: str, dag_id: str, task_id: str) -> Route:
+    """Choose the target: the forcing variable, then the task's pin, then the first matching rule."""
+    forced = os.environ.get(FORCE_TARGET_ENV)
+    if forced:
+        if forced not in config.targets:
+            raise InfraConfigError(
+                f"{FORCE_TARGET_ENV}={forced!r} names no target; known targets: {sorted(config.targets)}"
+            )
+        return Route(forced, f"{FORCE_TARGET_ENV} forces every task to {forced!r}")
+    if hint != "auto":
+        if hint not in config.targets:
+            raise InfraConfigError(
+                f"{where(dag_id, task_id)}: target={hint!r} is not among the configured targets {sorted(config.targets)}"
+            )
+        return Route(hint, f"the task pins target={hint!r}")
+    if not config.rules:
+        return Route(LOCAL, "no routing rules are configured: the built-in local target runs everything")
+    for i, rule in enumerate(config.rules, 1):
+        condition = rule.condition
+        if condition is None:
+            return Route(rule.target, f"rule {i} (catch-all) matched")
+        if condition.matches(resources):
+            return Route(rule.target, f"rule {i} {condition.text!r} matched ({describe(resources)})")
+    raise InfraConfigError(
+        f"{where(dag_id, task_id)}: no routing rule matched ({describe(resources)}); "
+        "add a catch-all rule such as '- {target: k8s}' at the end of rules"
+    )

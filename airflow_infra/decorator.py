@@ -1,0 +1,64 @@
+"""`@infra_task` / `@task.infra`: the TaskFlow face of InfraOperator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attr
+from airflow.sdk.bases.decorator import DecoratedOperator, _TaskDecorator
+from airflow.sdk.definitions._internal.contextmanager import DagContext
+
+from airflow_infra.operator import InfraOperator, declaration_from, validate_declaration
+
+
+class InfraDecoratedOperator(DecoratedOperator, InfraOperator):
+    custom_operator_name = "@task.infra"
+    template_fields = InfraOperator.template_fields
+    template_fields_renderers = InfraOperator.template_fields_renderers
+
+    def __init__(self, *, python_callable: Callable, op_args: Any = None, op_kwargs: Any = None, **kwargs: Any) -> None:
+        super().__init__(
+            python_callable=python_callable,
+            op_args=op_args,
+            op_kwargs=op_kwargs,
+            kwargs_to_upstream={"python_callable": python_callable, "op_args": op_args, "op_kwargs": op_kwargs},
+            **kwargs,
+        )
+
+
+@attr.define(slots=False)
+class _InfraTaskDecorator(_TaskDecorator):
+    """A mapped task is not constructed at parse time, so validate its declaration here instead."""
+
+    def _expand(self, expand_input: Any, *, strict: bool) -> Any:
+        kwargs = dict(self.kwargs)
+        dag = kwargs.get("dag") or DagContext.get_current()
+        task_id = kwargs.get("task_id")
+        declared = declaration_from(kwargs, getattr(dag, "dag_id", None), task_id)
+        validate_declaration(declared, kwargs.get("target", "auto"), dag, task_id)
+        return super()._expand(expand_input, strict=strict)
+
+
+def infra_task(python_callable: Callable | None = None, multiple_outputs: bool | None = None, **kwargs: Any):
+    """Run the function in its own declared environment, on the target the routing rules pick.
+
+    Takes InfraOperator's arguments (packages, requirements, apt_packages, python,
+    base_image, env, cpu, memory, gpu, gpu_type, disk, shm, timeout, target, or the grouped
+    environment=Environment(...) and resources=Resources(...)) and every BaseOperator one.
+    """
+
+    def decorate(function: Callable) -> _InfraTaskDecorator:
+        return _InfraTaskDecorator(
+            function=function,
+            multiple_outputs=attr.NOTHING if multiple_outputs is None else multiple_outputs,
+            operator_class=InfraDecoratedOperator,
+            kwargs=kwargs,
+            decorator_name="infra_task",
+        )
+
+    if python_callable is not None:
+        if not callable(python_callable):
+            raise TypeError("@infra_task takes keyword arguments only, e.g. @infra_task(packages=['pandas'])")
+        return decorate(python_callable)
+    return decorate

@@ -1,0 +1,337 @@
+"""InfraOperator: run a Python callable in its declared environment, on the target the rules choose.
+
+`@infra_task` builds this operator (through InfraDecoratedOperator). The classic form is
+for what decorated tasks cannot do, such as mapping over resources:
+
+    InfraOperator.partial(task_id="fit", python_callable=fit).expand(memory=["1Gi", "8Gi"])
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_infra.errors import InfraSpecError, InfraTaskFailed, where
+from airflow_infra.spec import (
+    ENVIRONMENT_FIELDS,
+    RESOURCE_FIELDS,
+    TARGET_NAME,
+    WORKER_PYTHON,
+    Environment,
+    Resources,
+    build_models,
+    flatten,
+)
+
+DECLARED_FIELDS = (*ENVIRONMENT_FIELDS, *RESOURCE_FIELDS)
+# Context values a function may ask for by parameter name, beyond Airflow's own keys.
+EXTRA_CONTEXT = ("map_index",)
+
+
+def declaration_from(kwargs: dict[str, Any], dag_id: str | None, task_id: str | None) -> dict[str, Any]:
+    """Pop the declared fields (and the grouped Environment/Resources forms) out of operator kwargs."""
+    declared = {name: kwargs.pop(name) for name in DECLARED_FIELDS if name in kwargs}
+    grouped = {}
+    if isinstance(kwargs.get("environment"), Environment):
+        grouped.update(flatten(kwargs.pop("environment"), None))
+    if isinstance(kwargs.get("resources"), Resources):  # BaseOperator's own `resources` stays untouched
+        grouped.update(flatten(None, kwargs.pop("resources")))
+    both = sorted(set(grouped) & {k for k, v in declared.items() if v is not None})
+    if both:
+        raise InfraSpecError(
+            f"{where(dag_id, task_id)}: {', '.join(both)} given both as keyword and inside "
+            "Environment(...)/Resources(...); give each once"
+        )
+    return {**grouped, **{k: v for k, v in declared.items() if v is not None}}
+
+
+def validate_declaration(declared: Mapping[str, Any], target: str, dag: Any, task_id: str | None) -> None:
+    """Everything that can be checked before the task runs, without network, Docker or registry."""
+    dag_id = getattr(dag, "dag_id", None)
+    environment, _ = build_models(dag_id, task_id, declared, skip_templated=True)
+    if environment.python not in (None, WORKER_PYTHON):
+        raise InfraSpecError(
+            f"{where(dag_id, task_id)}: python={environment.python!r}: tasks run on the workers' Python "
+            f"{WORKER_PYTHON}, because the function is shipped as bytecode; remove `python`, "
+            f"or run the Airflow workers on Python {environment.python}"
+        )
+    if not isinstance(target, str) or (target != "auto" and not TARGET_NAME.match(target)):
+        raise InfraSpecError(
+            f"{where(dag_id, task_id)}: target={target!r}: use 'auto' (the routing rules decide) "
+            "or the name of a target in infra.yaml (lowercase letters, digits, '-', '_')"
+        )
+    if environment.requirements and getattr(dag, "fileloc", None):
+        path = requirements_file(dag.fileloc, environment.requirements)
+        if not path.is_file():
+            raise InfraSpecError(
+                f"{where(dag_id, task_id)}: requirements={environment.requirements!r}: no such file "
+                f"(looked for {path}; the path is relative to the DAG file)"
+            )
+
+
+def requirements_file(dag_file: str, declared: str) -> Path:
+    path = Path(declared)
+    return path if path.is_absolute() else Path(dag_file).parent / path
+
+
+def to_plain(value: Any) -> Any:
+    """A context value as plain Python (pendulum -> datetime, ParamsDict -> dict), or TypeError."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dt.datetime):
+        return dt.datetime.fromtimestamp(value.timestamp(), tz=dt.timezone.utc)
+    if isinstance(value, dt.date):
+        return dt.date(value.year, value.month, value.day)
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(value[k]) for k in value}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    raise TypeError(type(value).__name__)
+
+
+def materialize(value: Any) -> Any:
+    """Turn lazy XCom sequences (what a task downstream of a mapped task gets) into lists."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return value
+    if isinstance(value, dict):
+        return {k: materialize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(materialize(v) for v in value)
+    if isinstance(value, Sequence):
+        return [materialize(v) for v in value]
+    return value
+
+
+_SCALARS: dict[Any, Callable[[str], Any]] = {
+    float: float,
+    int: int,
+    bool: lambda text: {"true": True, "false": False, "1": True, "0": False}[text.strip().lower()],
+}
+_SCALARS.update({t.__name__: f for t, f in list(_SCALARS.items())})  # string annotations (PEP 563)
+
+
+def coerce_rendered(fn: Callable, args: list, kwargs: dict, where_: str) -> tuple[list, dict]:
+    """Convert rendered template strings to the parameter's annotated int, float or bool.
+
+    Jinja renders `lr="{{ params.lr }}"` to the string '0.1'; a function annotated
+    `lr: float` means a float, as it would in a plain call.
+    """
+    import inspect
+
+    try:
+        bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+    except TypeError:
+        return args, kwargs
+    params = inspect.signature(fn).parameters
+    for name, value in list(bound.arguments.items()):
+        convert = _SCALARS.get(params[name].annotation)
+        if convert is None or not isinstance(value, str):
+            continue
+        try:
+            bound.arguments[name] = convert(value)
+        except (ValueError, KeyError):
+            raise InfraSpecError(
+                f"{where_}: argument {name}={value!r} does not convert to its annotation {params[name].annotation}"
+            ) from None
+    return list(bound.args), dict(bound.kwargs)
+
+
+class InfraOperator(BaseOperator):
+    """Run `python_callable` in an environment built from its declaration, on a routed target.
+
+    :param python_callable: the function; it runs where Airflow is not installed.
+    :param op_args: positional arguments (templated).
+    :param op_kwargs: keyword arguments (templated).
+    :param packages: PEP 508 requirements, e.g. ``["pandas==2.2.*"]``.
+    :param requirements: a requirements file, relative to the DAG file.
+    :param apt_packages: Debian packages (images only).
+    :param python: Python major.minor; must be the workers' version.
+    :param base_image: the image to build on (images only).
+    :param env: environment variables for the function (templated).
+    :param cpu: cores, e.g. 2, 0.5 or "500m" (templated).
+    :param memory: e.g. "4Gi" or bytes (templated); likewise disk and shm.
+    :param gpu: GPU count (templated); gpu_type: e.g. "a100" (templated).
+    :param timeout: seconds, "2h" or a timedelta (templated).
+    :param target: "auto" (the routing rules decide) or a target name.
+    """
+
+    template_fields: Sequence[str] = ("op_args", "op_kwargs", *RESOURCE_FIELDS, "env")
+    template_fields_renderers = {"op_args": "py", "op_kwargs": "py", "env": "json"}
+    shallow_copy_attrs: Sequence[str] = ("python_callable",)
+    ui_color = "#cfe8dc"
+
+    def __init__(
+        self,
+        *,
+        python_callable: Callable,
+        op_args: Collection[Any] | None = None,
+        op_kwargs: Mapping[str, Any] | None = None,
+        target: str = "auto",
+        **kwargs: Any,
+    ) -> None:
+        declared = declaration_from(kwargs, None, kwargs.get("task_id"))
+        super().__init__(**kwargs)
+        if not callable(python_callable):
+            raise InfraSpecError(f"{where(self.dag_id, self.task_id)}: python_callable must be callable")
+        self.python_callable = python_callable
+        self.op_args = list(op_args or [])
+        self.op_kwargs = dict(op_kwargs or {})
+        self.target = target
+        for name in DECLARED_FIELDS:
+            setattr(self, name, declared.get(name))
+        self._backend = None
+        validate_declaration(declared, target, self.dag if self.has_dag() else None, self.task_id)
+
+    # -- execute ---------------------------------------------------------------------------
+
+    def _declared(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in DECLARED_FIELDS}
+
+    def _call_arguments(self, context: Any) -> tuple[list, dict]:
+        from airflow.sdk.bases.decorator import KeywordParameters
+        from airflow.sdk.definitions.context import context_merge
+
+        user_keys = set(self.op_kwargs)
+        context_merge(context, self.op_kwargs)
+        wanted = KeywordParameters.determine(self.python_callable, self.op_args, context).unpacking()
+        import inspect
+
+        params = inspect.signature(self.python_callable).parameters
+        kwargs: dict[str, Any] = {}
+        for key, value in wanted.items():
+            if key in user_keys:
+                kwargs[key] = materialize(value)
+                continue
+            try:
+                kwargs[key] = to_plain(value)
+            except TypeError as exc:
+                if key in params:  # asked for by name: say why it cannot be had
+                    raise InfraSpecError(
+                        f"{where(self.dag_id, self.task_id)}: the function asks for context {key!r} ({exc}), "
+                        "which cannot travel to where it runs; ask for plain values such as params, run_id, "
+                        "ds, logical_date, try_number or map_index"
+                    ) from None
+        for key in EXTRA_CONTEXT:
+            if key in params and key not in user_keys:
+                kwargs[key] = context["ti"].map_index
+        args = [materialize(a) for a in self.op_args]
+        return coerce_rendered(self.python_callable, args, kwargs, where(self.dag_id, self.task_id))
+
+    def _code_roots(self) -> list[str]:
+        from airflow.configuration import conf
+
+        roots = [conf.get("core", "dags_folder", fallback="")]
+        if self.has_dag() and self.dag.fileloc:
+            roots.append(os.path.dirname(self.dag.fileloc))
+        return roots
+
+    def execute(self, context: Any) -> Any:
+        from airflow_infra.artifacts import CALL_FILE, CALL_META_FILE, OUTCOME_FILE, ArtifactStore, find_refs
+        from airflow_infra.backends import Job, backend_for
+        from airflow_infra.codeship import dumps_call
+        from airflow_infra.config import artifacts_url, load_config, route
+
+        environment, resources = build_models(self.dag_id, self.task_id, self._declared(), skip_templated=False)
+        config = load_config()
+        chosen = route(config, resources, self.target, self.dag_id, self.task_id)
+        self.log.info("target %r: %s", chosen.target, chosen.reason)
+
+        args, kwargs = self._call_arguments(context)
+        ti = context["ti"]
+        store = ArtifactStore(artifacts_url(config))
+        task_dir = store.task_dir(self.dag_id, context["run_id"], self.task_id, ti.map_index, ti.try_number)
+        req_path, req_text = self._requirements(environment)
+        blob = dumps_call(
+            self.python_callable,
+            args,
+            kwargs,
+            roots=self._code_roots(),
+            multiple_outputs=self.multiple_outputs,
+            xcom_max_bytes=config.xcom_max_bytes,
+        )
+        store.write_bytes(task_dir / CALL_FILE, blob)
+        store.write_json(
+            task_dir / CALL_META_FILE,
+            {
+                "dag_id": self.dag_id,
+                "task_id": self.task_id,
+                "run_id": context["run_id"],
+                "map_index": ti.map_index,
+                "try_number": ti.try_number,
+                "function": f"{self.python_callable.__module__}.{self.python_callable.__qualname__}",
+                "target": chosen.target,
+                "routing_reason": chosen.reason,
+                "environment": environment.model_dump(mode="json"),
+                "environment_hash": environment.content_hash(),
+                "resources": resources.model_dump(mode="json"),
+                "submitted_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            },
+        )
+        refs = find_refs([args, kwargs])
+        self._backend = backend_for(chosen.target, config.targets[chosen.target])
+        job = Job(
+            dag_id=self.dag_id,
+            task_id=self.task_id,
+            environment=environment,
+            resources=resources,
+            store=store,
+            task_dir=task_dir,
+            refs=refs,
+            log=self.log,
+            requirements_path=req_path,
+            requirements_text=req_text,
+        )
+        self._backend.run(job)
+        outcome_path = task_dir / OUTCOME_FILE
+        if not store.exists(outcome_path):
+            raise InfraTaskFailed(f"{where(self.dag_id, self.task_id)}: the task finished without writing {outcome_path}")
+        return self._results(store, task_dir, store.read_json(outcome_path))
+
+    def _requirements(self, environment: Environment) -> tuple[Path | None, str | None]:
+        if not environment.requirements:
+            return None, None
+        path = requirements_file(self.dag.fileloc, environment.requirements)
+        try:
+            return path, path.read_text()
+        except OSError as exc:
+            raise InfraSpecError(
+                f"{where(self.dag_id, self.task_id)}: requirements={environment.requirements!r}: cannot read {path}: {exc}"
+            ) from None
+
+    def _results(self, store: Any, task_dir: Any, outcome: dict[str, Any]) -> Any:
+        from airflow_infra.artifacts import make_ref
+        from airflow_infra.codeship import loads_plain
+        from airflow_infra.quantities import format_bytes
+
+        metrics = outcome.get("metrics", {})
+        self.log.info(
+            "measured: peak memory %s, CPU %.2fs, wall %.2fs",
+            format_bytes(metrics.get("peak_memory_bytes")),
+            metrics.get("cpu_seconds", 0.0),
+            metrics.get("wall_seconds", 0.0),
+        )
+        if not outcome.get("ok"):
+            error = outcome.get("error", {})
+            stage = "could not load its call" if error.get("stage") == "load" else "raised"
+            raise InfraTaskFailed(
+                f"{where(self.dag_id, self.task_id)}: the function {stage} {error.get('type')}: {error.get('message')}\n"
+                f"{error.get('traceback', '')}"
+            )
+        values = {}
+        for output in outcome["outputs"]:
+            path = task_dir / output["file"]
+            if output["plain"]:
+                values[output["key"]] = loads_plain(store.read_bytes(path))
+            else:
+                values[output["key"]] = make_ref(store.uri(path), output["type"], output["bytes"])
+                self.log.info("output %r (%s, %s) stays in the store: %s", output["key"], output["type"], format_bytes(output["bytes"]), store.uri(path))
+        return values if self.multiple_outputs else values["return_value"]
+
+    def on_kill(self) -> None:
+        if self._backend is not None:
+            self._backend.kill()

@@ -1,0 +1,266 @@
+"""What a task declares: its environment and its resources, as pydantic models.
+
+Both models normalise on construction (package names canonicalised and sorted, quantities
+turned into numbers), so two spellings of the same declaration compare and hash equal.
+Everything here is pure and cheap: it runs at DAG parse time for every task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from airflow_infra.errors import InfraSpecError, where
+from airflow_infra.quantities import parse_bytes, parse_cpu, parse_seconds
+
+WORKER_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+_APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+(?:=[A-Za-z0-9.+~:-]+)?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PYTHON = re.compile(r"^3\.([0-9]{1,2})(?:\.[0-9]+)?$")
+# An OCI image reference: [host[:port]/]path[:tag][@digest], lowercase path components.
+_IMAGE_REF = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+_GPU_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+TARGET_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+def canonical_requirement(text: str) -> str:
+    """One spelling per PEP 508 requirement: 'NumPy <2' and 'numpy<2' both give 'numpy<2'."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    if not isinstance(text, str) or not text.strip() or text.lstrip().startswith("-"):
+        raise ValueError(f"{text!r} is not a PEP 508 requirement such as 'pandas==2.2.*' or 'numpy<2'")
+    try:
+        req = Requirement(text)
+    except InvalidRequirement as exc:
+        raise ValueError(f"{text!r} is not a PEP 508 requirement such as 'pandas==2.2.*' or 'numpy<2' ({exc})") from None
+    out = canonicalize_name(req.name)
+    if req.extras:
+        out += "[" + ",".join(sorted(canonicalize_name(e) for e in req.extras)) + "]"
+    if req.url:
+        out += f" @ {req.url}"
+    else:
+        out += str(req.specifier)  # SpecifierSet renders its clauses sorted
+    if req.marker:
+        out += f"; {req.marker}"
+    return out
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def _hash(data: Mapping[str, Any]) -> str:
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class Environment(BaseModel):
+    """Where a task's code runs: Python version, packages and environment variables."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    packages: tuple[str, ...] = ()
+    requirements: str | None = None
+    apt_packages: tuple[str, ...] = ()
+    python: str | None = None
+    base_image: str | None = None
+    env: dict[str, str] = {}
+
+    @field_validator("packages", mode="before")
+    @classmethod
+    def _packages(cls, value: Any) -> tuple[str, ...]:
+        return tuple(sorted({canonical_requirement(p) for p in _as_list(value)}))
+
+    @field_validator("apt_packages", mode="before")
+    @classmethod
+    def _apt(cls, value: Any) -> tuple[str, ...]:
+        names = _as_list(value)
+        for name in names:
+            if not isinstance(name, str) or not _APT_NAME.match(name):
+                raise ValueError(f"{name!r} is not a Debian package name such as 'libgomp1' or 'curl=7.88.1-10'")
+        return tuple(sorted(set(names)))
+
+    @field_validator("requirements")
+    @classmethod
+    def _requirements(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or "\0" in value or "\n" in value):
+            raise ValueError(f"{value!r} is not a path to a requirements file (relative to the DAG file)")
+        return value
+
+    @field_validator("python", mode="before")
+    @classmethod
+    def _python(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        match = _PYTHON.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a Python version such as '3.11'")
+        return f"3.{match.group(1)}"
+
+    @field_validator("base_image")
+    @classmethod
+    def _base_image(cls, value: str | None) -> str | None:
+        if value is not None and not _IMAGE_REF.match(value):
+            raise ValueError(f"{value!r} is not an image reference such as 'python:3.11-slim' or 'registry:5000/ml/base:1'")
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, value: Any) -> dict[str, str]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"expected a mapping of variable names to strings, got {type(value).__name__}")
+        out = {}
+        for key, val in value.items():
+            if not isinstance(key, str) or not _ENV_NAME.match(key):
+                raise ValueError(f"{key!r} is not an environment variable name (letters, digits, '_')")
+            if isinstance(val, (dict, list, tuple, set)) or val is None or "\0" in str(val):
+                raise ValueError(f"the value of {key} must be a plain string, got {val!r}")
+            out[key] = str(val)
+        return out
+
+    @property
+    def python_version(self) -> str:
+        return self.python or WORKER_PYTHON
+
+    def content_hash(self) -> str:
+        """Hash of the whole declaration, environment variables included."""
+        return _hash(self.model_dump(mode="json"))
+
+    def build_hash(self, requirements_text: str | None = None, extra: Mapping[str, Any] | None = None) -> str:
+        """Hash of what determines a built environment (not the runtime variables).
+
+        `requirements_text` is the requirements file's content: the file, not its path, decides.
+        `extra` carries builder inputs (runtime version, build options).
+        """
+        data = self.model_dump(mode="json", exclude={"env", "requirements"})
+        data["python"] = self.python_version
+        data["requirements"] = requirements_text
+        data["extra"] = dict(extra or {})
+        return _hash(data)
+
+
+class Resources(BaseModel):
+    """What a task needs to run. Quantities are stored normalised: cores, bytes, seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu: float | None = None
+    memory: int | None = None
+    gpu: int = 0
+    gpu_type: str | None = None
+    disk: int | None = None
+    shm: int | None = None
+    timeout: float | None = None
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu(cls, value: Any) -> float | None:
+        return None if value is None else parse_cpu(value) / 1000
+
+    @field_validator("memory", "disk", "shm", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int | None:
+        return None if value is None else parse_bytes(value)
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _gpu(cls, value: Any) -> int:
+        if value is None:
+            return 0
+        try:
+            count = int(str(value).strip()) if not isinstance(value, int) or isinstance(value, bool) else value
+        except ValueError:
+            count = -1
+        if isinstance(value, bool) or count < 0:
+            raise ValueError(f"expected a whole number of GPUs (0, 1, 2, ...), got {value!r}")
+        return count
+
+    @field_validator("gpu_type")
+    @classmethod
+    def _gpu_type(cls, value: str | None) -> str | None:
+        if value is not None and not _GPU_TYPE.match(value):
+            raise ValueError(f"{value!r} is not a GPU type name such as 'a100' or 'nvidia-l4'")
+        return value
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> float | None:
+        if value is None:
+            return None
+        seconds = parse_seconds(value)
+        if seconds <= 0:
+            raise ValueError(f"a timeout must be positive, got {value!r}")
+        return seconds
+
+    def content_hash(self) -> str:
+        return _hash(self.model_dump(mode="json"))
+
+
+ENVIRONMENT_FIELDS = tuple(Environment.model_fields)
+RESOURCE_FIELDS = tuple(Resources.model_fields)
+
+
+def is_templated(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+def spec_error(dag_id: str | None, task_id: str | None, error: ValidationError, values: Mapping[str, Any]) -> InfraSpecError:
+    """Turn pydantic's report into one message naming the DAG, the task and each bad field."""
+    lines = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        shown = repr(values.get(field, item.get("input")))
+        lines.append(f"{field}={shown}: {message}")
+    return InfraSpecError(f"{where(dag_id, task_id)}: invalid declaration: " + "; ".join(lines))
+
+
+def build_models(
+    dag_id: str | None, task_id: str | None, values: Mapping[str, Any], *, skip_templated: bool
+) -> tuple[Environment, Resources]:
+    """Validate declared keyword values into (Environment, Resources).
+
+    With `skip_templated` (parse time) a templated resource value is left out: it can only
+    be checked once rendered, at execute time, which calls this again without the flag.
+    """
+    env_values = {k: values[k] for k in ENVIRONMENT_FIELDS if values.get(k) is not None}
+    res_values = {
+        k: values[k]
+        for k in RESOURCE_FIELDS
+        if values.get(k) is not None and not (skip_templated and is_templated(values[k]))
+    }
+    if skip_templated and any(is_templated(v) for v in env_values.get("env", {}).values()):
+        env_values["env"] = {k: ("" if is_templated(v) else v) for k, v in env_values["env"].items()}
+    try:
+        return Environment(**env_values), Resources(**res_values)
+    except ValidationError as exc:
+        raise spec_error(dag_id, task_id, exc, values) from None
+
+
+def flatten(environment: Environment | None, resources: Resources | None) -> dict[str, Any]:
+    """The keyword form of the grouped models (what `@infra_task(environment=..., resources=...)` means)."""
+    out: dict[str, Any] = {}
+    if environment is not None:
+        out.update({k: v for k, v in environment.model_dump().items() if v not in (None, (), {})})
+    if resources is not None:
+        out.update({k: v for k, v in resources.model_dump().items() if v is not None and not (k == "gpu" and v == 0)})
+    return out

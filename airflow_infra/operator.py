@@ -103,7 +103,9 @@ def materialize(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(materialize(v) for v in value)
     if isinstance(value, Sequence):
-        return [materialize(v) for v in value]
+        # One slice is one request for the whole sequence; iterating would fetch item by item
+        # and probe one past the end.
+        return [materialize(v) for v in value[:]]
     return value
 
 

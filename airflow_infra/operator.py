@@ -173,10 +173,32 @@ class InfraOperator(BaseOperator):
         python_callable: Callable,
         op_args: Collection[Any] | None = None,
         op_kwargs: Mapping[str, Any] | None = None,
+        packages: Collection[str] | None = None,
+        requirements: str | None = None,
+        apt_packages: Collection[str] | None = None,
+        python: str | None = None,
+        base_image: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cpu: float | str | None = None,
+        memory: int | str | None = None,
+        gpu: int | str | None = None,
+        gpu_type: str | None = None,
+        disk: int | str | None = None,
+        shm: int | str | None = None,
+        timeout: float | str | dt.timedelta | None = None,
+        environment: Environment | None = None,
         target: str = "auto",
         **kwargs: Any,
     ) -> None:
-        declared = declaration_from(kwargs, None, kwargs.get("task_id"))
+        # Named one by one (not **kwargs) so that classic .partial().expand() can map them.
+        explicit = {
+            "packages": packages, "requirements": requirements, "apt_packages": apt_packages, "python": python,
+            "base_image": base_image, "env": env, "cpu": cpu, "memory": memory, "gpu": gpu, "gpu_type": gpu_type,
+            "disk": disk, "shm": shm, "timeout": timeout, "environment": environment,
+        }
+        declared = declaration_from({**kwargs, **explicit}, None, kwargs.get("task_id"))
+        if isinstance(kwargs.get("resources"), Resources):
+            del kwargs["resources"]  # ours, not BaseOperator's; declaration_from has read it
         super().__init__(**kwargs)
         if not callable(python_callable):
             raise InfraSpecError(f"{where(self.dag_id, self.task_id)}: python_callable must be callable")

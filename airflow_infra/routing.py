@@ -104,8 +104,9 @@ class _Parser:
         if self.peek() == ("paren", "("):
             self.take()
             node = self.or_()
-            if self.take() != ("paren", ")"):
+            if self.peek() != ("paren", ")"):
                 raise RuleSyntaxError("missing ')'")
+            self.take()
             return node
         return self.comparison()
 

@@ -1,0 +1,69 @@
+"""Run a DAG with the real `airflow dags test` and read what its tasks left in the artifact store."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from airflow_infra.artifacts import path_component
+
+_RUN_ID = re.compile(r"run_id=(\S+?),")
+
+
+@dataclass
+class DagRun:
+    dag_id: str
+    returncode: int
+    output: str
+    run_id: str | None
+    artifacts: Path
+
+    @property
+    def succeeded(self) -> bool:
+        return self.returncode == 0 and "state=success" in self.output
+
+    def task_dir(self, task_id: str, map_index: int = -1, try_number: int | None = None) -> Path:
+        base = self.artifacts / path_component(self.dag_id) / path_component(self.run_id or "") / task_id / str(map_index)
+        if try_number is None:
+            try_number = max(int(p.name) for p in base.iterdir())
+        return base / str(try_number)
+
+    def outcome(self, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        return json.loads((self.task_dir(task_id, map_index) / "outcome.json").read_text())
+
+    def call(self, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        return json.loads((self.task_dir(task_id, map_index) / "call.json").read_text())
+
+    def result(self, task_id: str, map_index: int = -1) -> Any:
+        """The task's return value, loaded from the store (a dict when it had multiple outputs)."""
+        outcome = self.outcome(task_id, map_index)
+        assert outcome["ok"], outcome.get("error")
+        values = {
+            out["key"]: pickle.loads((self.task_dir(task_id, map_index) / out["file"]).read_bytes())
+            for out in outcome["outputs"]
+        }
+        return values["return_value"] if list(values) == ["return_value"] else values
+
+
+class DagRunner:
+    def __init__(self, home: Path):
+        self.home = home
+
+    def test(self, dag_id: str, conf: dict | None = None, env: dict[str, str] | None = None, timeout: int = 600) -> DagRun:
+        cmd = [sys.executable, "-m", "airflow", "dags", "test", dag_id]
+        if conf is not None:
+            cmd += ["-c", json.dumps(conf)]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        )
+        output = proc.stdout + proc.stderr
+        finished = [line for line in output.splitlines() if "DagRun Finished" in line]
+        match = _RUN_ID.search(finished[-1]) if finished else None
+        return DagRun(dag_id, proc.returncode, output, match.group(1) if match else None, self.home / "infra" / "artifacts")

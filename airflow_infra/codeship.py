@@ -8,11 +8,15 @@ version that compiled it, which is why a task's environment must use the worker'
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import pickle
 import sys
+from collections import ChainMap
 from collections.abc import Callable, Iterable
-from types import ModuleType
+from pathlib import Path
+from types import CodeType, ModuleType
 from typing import Any
 
 
@@ -43,6 +47,7 @@ def dumps_call(fn: Callable, args: list, kwargs: dict, *, roots: Iterable[str], 
     import cloudpickle
 
     modules = local_modules(fn, roots)
+    options["sources"] = _sources(modules)
     registered = []
     try:
         for module in modules:
@@ -52,10 +57,42 @@ def dumps_call(fn: Callable, args: list, kwargs: dict, *, roots: Iterable[str], 
             except ValueError:
                 continue  # already registered by someone else, or not importable by name
         payload = {"fn": fn, "args": list(args), "kwargs": dict(kwargs), **options}
-        return cloudpickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        buffer = io.BytesIO()
+        _pickler_class()(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(payload)
+        return buffer.getvalue()
     finally:
         for module in registered:
             cloudpickle.unregister_pickle_by_value(module)
+
+
+def _sources(modules: list[ModuleType]) -> dict[str, str]:
+    """The source of each shipped module, so tracebacks show the user's lines where the files are absent."""
+    out = {}
+    for module in modules:
+        file = getattr(module, "__file__", None)
+        if file and file.endswith(".py"):
+            try:
+                out[file] = Path(file).read_text()
+            except OSError:
+                continue
+    return out
+
+
+@functools.cache
+def _pickler_class() -> type:
+    import cloudpickle
+    from cloudpickle.cloudpickle import _code_reduce
+
+    def code_reduce_keeping_filename(code: CodeType) -> Any:
+        # cloudpickle blanks co_filename to "<dynamic-code>"; keep the real one so a user's
+        # traceback names their file and shows its lines.
+        constructor, args = _code_reduce(code)
+        return constructor, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+    class Pickler(cloudpickle.Pickler):
+        dispatch_table = ChainMap({CodeType: code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table)
+
+    return Pickler
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -66,6 +103,4 @@ class _PlainUnpickler(pickle.Unpickler):
 
 
 def loads_plain(blob: bytes) -> Any:
-    import io
-
     return _PlainUnpickler(io.BytesIO(blob)).load()

@@ -101,6 +101,15 @@ def _measure(started: float) -> dict[str, Any]:
     }
 
 
+def _register_sources(sources: dict[str, str]) -> None:
+    """Let tracebacks show the user's source lines even where their files do not exist."""
+    import linecache
+
+    for filename, text in sources.items():
+        if not os.path.exists(filename):
+            linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+
+
 def _user_traceback(exc: BaseException) -> str:
     tb = exc.__traceback__
     # Drop this runtime's own frames so the user sees their code first.
@@ -147,6 +156,7 @@ def main(argv: list[str]) -> int:
     outcome: dict[str, Any] = {"ok": False, "python": sys.version.split()[0]}
     try:
         call = pickle.loads(call_path.read_bytes())
+        _register_sources(call.get("sources", {}))
         args = resolve_refs(list(call["args"]), local_refs)
         kwargs = resolve_refs(dict(call["kwargs"]), local_refs)
     except Exception as exc:  # noqa: BLE001

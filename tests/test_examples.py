@@ -1,0 +1,62 @@
+"""Every example DAG runs with `airflow dags test`, and computes what it says it does."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_seed_scenario_conflicting_numpy_pins(dags):
+    run = dags.test("recsys_seed", conf={"lr": 0.2})
+    assert run.succeeded, run.output[-4000:]
+    result = run.result("ensemble")
+    majors = sorted(v.split(".")[0] for v in result["numpy_versions"])
+    assert majors == ["1", "2"], result
+    assert result["lr"] == [0.2, 0.2]  # the param arrives as a float, not the string '0.2'
+    assert [round(c) for c in result["coef"]] == [3, -2, 1]
+    assert run.call("fit_a")["resources"]["memory"] == 512 * 2**20
+
+
+def test_params_drive_argument_and_resource(dags, infra_yaml):
+    infra_yaml(
+        """
+targets:
+  bigmem: {kind: local}
+rules:
+  - {when: "memory > 1Gi", target: bigmem}
+  - {target: local}
+"""
+    )
+    small = dags.test("params_example")
+    assert small.succeeded, small.output[-4000:]
+    assert small.call("train")["target"] == "local"
+    assert small.result("train")["lr"] == 0.01
+
+    big = dags.test("params_example", conf={"lr": 0.5, "memory": "2Gi", "epochs": 2})
+    assert big.succeeded, big.output[-4000:]
+    train = big.call("train")
+    assert train["resources"]["memory"] == 2 * 2**30
+    assert train["target"] == "bigmem"
+    result = big.result("train")
+    assert result["lr"] == 0.5 and result["epochs"] == 2 and result["loss"] == pytest.approx(0.25)
+    assert result["run_id"] == big.run_id and result["year"] >= 2025
+    assert big.result("report") == "lr=0.5 epochs=2 loss=0.2500"
+
+
+def test_dynamic_fan_out_and_reduce(dags):
+    run = dags.test("fanout_example", conf={"n_shards": 4})
+    assert run.succeeded, run.output[-4000:]
+    from dags_examples.fanout_example import WORDS
+
+    expected: Counter = Counter()
+    for i in range(4):
+        shard = [WORDS[(i + j) % len(WORDS)] for j in range(20)]
+        expected.update(w for w in shard if len(w) >= 3)
+    assert run.result("merge") == dict(expected)
+    for i in range(4):
+        assert isinstance(run.result("count_words", i), Counter)
+        # A Counter is not a plain value: XCom carried a reference, the store the value.
+        assert run.outcome("count_words", i)["outputs"][0]["plain"] is False

@@ -1,0 +1,86 @@
+"""The local target end to end, through the real `airflow dags test`."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_behaviour_dag(dags):
+    run = dags.test("infra_behaviour")
+    assert run.succeeded, run.output[-4000:]
+    produced = run.result("produce")
+    # Helpers from the DAG file and from a module next to it travel with the function.
+    assert produced["text"] == "<HELLO!>"
+    # Declared packages and env vars; none of Airflow's settings leak into the task.
+    assert produced["six"] == "1.16.0" and produced["mode"] == "test"
+    assert produced["airflow_env"] == []
+    assert produced["map_index"] == -1
+    assert produced["tuple"] == (1, 2)
+    # The function's stdout and stderr are in the task log.
+    assert "to stdout: producing" in run.output and "to stderr: still producing" in run.output
+    # Conflicting pins of the same package, in one DAG: each task has its own environment.
+    assert run.result("split") == {"left": 1, "right": "1.17.0"}
+    assert run.result("from_requirements") == "1.16.0"
+    call = run.call("produce")
+    assert call["target"] == "local" and call["environment"]["packages"] == ["six==1.16.0"]
+
+
+def test_user_exception_fails_the_task_with_the_users_traceback(dags):
+    run = dags.test("infra_failure")
+    assert not run.succeeded
+    assert "DAG 'infra_failure', task 'explode': the function raised ValueError: boom 42" in run.output
+    assert "in explode" in run.output and "in inner" in run.output
+    error = run.outcome("explode")["error"]
+    assert error["type"] == "ValueError" and "inner()" in error["traceback"]
+    assert "infra_behaviour.py" in error["traceback"]
+    assert "runtime.py" not in error["traceback"]
+
+
+def test_timeout_kills_the_task(dags):
+    run = dags.test("infra_timeout")
+    assert not run.succeeded
+    assert "timed out after 2s (timeout=2s)" in run.output
+
+
+def test_routing_by_mapped_resource(dags, infra_yaml):
+    infra_yaml(
+        """
+targets:
+  bigmem: {kind: local}
+rules:
+  - {when: "memory > 1Gi", target: bigmem}
+  - {target: local}
+"""
+    )
+    run = dags.test("infra_mapped_resources")
+    assert run.succeeded, run.output[-4000:]
+    assert run.call("sized", 0)["target"] == "local"
+    big = run.call("sized", 1)
+    assert big["target"] == "bigmem" and "memory > 1Gi" in big["routing_reason"]
+
+
+def test_forcing_variable_overrides_rules(dags, infra_yaml):
+    infra_yaml(
+        """
+targets:
+  k8s: {kind: kubernetes, namespace: ml}
+rules:
+  - {target: k8s}
+"""
+    )
+    blocked = dags.test("infra_mapped_resources")
+    assert not blocked.succeeded
+    assert "cannot run yet" in blocked.output
+    forced = dags.test("infra_mapped_resources", env={"AIRFLOW_INFRA_TARGET": "local"})
+    assert forced.succeeded, forced.output[-4000:]
+    assert "AIRFLOW_INFRA_TARGET forces" in forced.call("sized", 0)["routing_reason"]
+
+
+def test_artifacts_on_another_object_store_url(dags, infra_yaml, tmp_path):
+    store = tmp_path / "elsewhere"
+    infra_yaml(f"artifacts: file://{store}\n")
+    run = dags.test("fanout_example", conf={"n_shards": 2})
+    assert run.succeeded, run.output[-4000:]
+    assert list(store.glob("fanout_example/*/merge/-1/1/outcome.json"))

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set everything up on a fresh machine and run the seed example DAG locally with `airflow dags test`.
+#   bash dev/demo.sh [DAG_ID] [CONF_JSON]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash dev/setup.sh
+source dev/airflow-env.sh
+airflow db migrate >/dev/null
+dag=${1:-recsys_seed}
+airflow dags test "$dag" ${2:+-c "$2"} 2>&1 | tee "$AIRFLOW_HOME/last-dags-test.log" \
+    | grep -E "target '|ensemble of|shards,|loss=|DagRun Finished|Error" || true
+grep -q "state=success" "$AIRFLOW_HOME/last-dags-test.log" && echo "OK: $dag succeeded (full log: $AIRFLOW_HOME/last-dags-test.log)"

@@ -52,6 +52,19 @@ def declaration_from(kwargs: dict[str, Any], dag_id: str | None, task_id: str | 
 
 def validate_declaration(declared: Mapping[str, Any], target: str, dag: Any, task_id: str | None) -> None:
     """Everything that can be checked before the task runs, without network, Docker or registry."""
+    # Many tasks of a DAG share one declaration: check each distinct one once per process.
+    key = (repr(declared), repr(target), getattr(dag, "fileloc", None))
+    if key in _VALID_DECLARATIONS:
+        return
+    _check_declaration(declared, target, dag, task_id)
+    if len(_VALID_DECLARATIONS) < 10_000:
+        _VALID_DECLARATIONS.add(key)
+
+
+_VALID_DECLARATIONS: set[tuple] = set()
+
+
+def _check_declaration(declared: Mapping[str, Any], target: str, dag: Any, task_id: str | None) -> None:
     dag_id = getattr(dag, "dag_id", None)
     environment, _ = build_models(dag_id, task_id, declared, skip_templated=True)
     if environment.python not in (None, WORKER_PYTHON):
@@ -166,6 +179,8 @@ class InfraOperator(BaseOperator):
     template_fields_renderers = {"op_args": "py", "op_kwargs": "py", "env": "json"}
     shallow_copy_attrs: Sequence[str] = ("python_callable",)
     ui_color = "#cfe8dc"
+    packages = requirements = apt_packages = python = base_image = env = None
+    cpu = memory = gpu = gpu_type = disk = shm = timeout = None
 
     def __init__(
         self,
@@ -196,9 +211,10 @@ class InfraOperator(BaseOperator):
             "base_image": base_image, "env": env, "cpu": cpu, "memory": memory, "gpu": gpu, "gpu_type": gpu_type,
             "disk": disk, "shm": shm, "timeout": timeout, "environment": environment,
         }
-        declared = declaration_from({**kwargs, **explicit}, None, kwargs.get("task_id"))
-        if isinstance(kwargs.get("resources"), Resources):
-            del kwargs["resources"]  # ours, not BaseOperator's; declaration_from has read it
+        if environment is None and not isinstance(kwargs.get("resources"), Resources):
+            declared = {k: v for k, v in explicit.items() if v is not None}  # the common, fast path
+        else:
+            declared = declaration_from({**explicit, "resources": kwargs.pop("resources", None)}, None, kwargs.get("task_id"))
         super().__init__(**kwargs)
         if not callable(python_callable):
             raise InfraSpecError(f"{where(self.dag_id, self.task_id)}: python_callable must be callable")
@@ -206,10 +222,21 @@ class InfraOperator(BaseOperator):
         self.op_args = list(op_args or [])
         self.op_kwargs = dict(op_kwargs or {})
         self.target = target
-        for name in DECLARED_FIELDS:
-            setattr(self, name, declared.get(name))
+        # Undeclared fields keep the class default, None. Written to __dict__ directly: during
+        # __init__, BaseOperator.__setattr__ would only record init kwargs, which hold these already.
+        self.__dict__.update(declared)
         self._backend = None
         validate_declaration(declared, target, self.dag if self.has_dag() else None, self.task_id)
+
+    def _set_xcomargs_dependencies(self) -> None:
+        # BaseOperator scans every template field for XComArgs at construction; most of our
+        # ten are undeclared (None) or scalars, and skipping those keeps parse time near plain @task's.
+        from airflow.sdk.definitions.xcom_arg import XComArg
+
+        for name in self.template_fields:
+            value = getattr(self, name, None)
+            if value is not None and not isinstance(value, (str, int, float)):
+                XComArg.apply_upstream_relationship(self, value)
 
     # -- execute ---------------------------------------------------------------------------
 

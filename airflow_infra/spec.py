@@ -7,6 +7,7 @@ Everything here is pure and cheap: it runs at DAG parse time for every task.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -33,8 +34,48 @@ _GPU_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 
+# The everyday subset of PEP 508, "name[extras] op version, op version": canonicalised
+# without packaging's full parser, which costs several times more at DAG parse time.
+_SIMPLE_REQUIREMENT = re.compile(
+    r"^\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:\[\s*([A-Za-z0-9._,\s-]*)\s*\])?\s*"
+    r"((?:~=|===|==|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+(?:\s*,\s*(?:~=|===|==|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+)*)?\s*$"
+)
+_SPECIFIER = re.compile(r"(~=|===|==|!=|<=|>=|<|>)\s*([A-Za-z0-9.*+!_-]+)")
+
+
+def _canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@functools.lru_cache(maxsize=4096)  # DAGs repeat the same pins across many tasks
 def canonical_requirement(text: str) -> str:
     """One spelling per PEP 508 requirement: 'NumPy <2' and 'numpy<2' both give 'numpy<2'."""
+    simple = _SIMPLE_REQUIREMENT.match(text) if isinstance(text, str) else None
+    if simple and _valid_versions(simple.group(3)):
+        name, extras, specs = simple.groups()
+        out = _canonical_name(name)
+        extra_names = [e.strip() for e in (extras or "").split(",") if e.strip()]
+        if extra_names:
+            out += "[" + ",".join(sorted(_canonical_name(e) for e in extra_names)) + "]"
+        # Sorted like packaging's SpecifierSet renders them.
+        return out + ",".join(sorted(op + version for op, version in _SPECIFIER.findall(specs or "")))
+    return _canonical_requirement_full(text)
+
+
+def _valid_versions(specs: str | None) -> bool:
+    """Versions in the simple form must still be valid versions ('==2.2.*' yes, '==banana' no)."""
+    for op, version in _SPECIFIER.findall(specs or ""):
+        if op == "===":
+            continue
+        if op == "~=" and "." not in version:
+            return False  # '~=1' is invalid; let packaging say why
+        core = version[:-2] if version.endswith(".*") and op in ("==", "!=") else version
+        if not re.fullmatch(r"v?[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9]+)?(\+[a-z0-9.]+)?", core, re.I):
+            return False
+    return True
+
+
+def _canonical_requirement_full(text: str) -> str:
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.utils import canonicalize_name
 

@@ -47,7 +47,25 @@ def test_requirements_are_canonical():
     assert canonical_requirement("Requests[SOCKS,security]") == "requests[security,socks]"
 
 
-@pytest.mark.parametrize("bad", ["numpy<<2", "-e git+https://x", "--index-url http://x", "", "pandas; rm -rf /"])
+@pytest.mark.parametrize(
+    "text",
+    ["NumPy <2", "scikit_learn>=1.5, <1.6", "Requests[SOCKS, security]", "a.b_c-d~=1.0", "x===1.0", "numpy>=1.26.0rc1",
+     "pkg==1.0.post1", "pkg!=1.*", "six", "Zope.Interface >= 5 , != 5.1", "torch==2.5.*", "pkg~=1", "pkg<1.*",
+     "pkg @ https://example.invalid/pkg-1.0.tar.gz", "pkg>=1; python_version >= '3.11'"],
+)
+def test_fast_canonical_form_equals_packagings(text):
+    from airflow_infra.spec import _canonical_requirement_full
+
+    try:
+        expected = _canonical_requirement_full(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            canonical_requirement.__wrapped__(text)
+    else:
+        assert canonical_requirement.__wrapped__(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["numpy<<2", "pkg==banana", "-e git+https://x", "--index-url http://x", "", "pandas; rm -rf /"])
 def test_bad_requirements_rejected(bad):
     with pytest.raises(Exception, match="PEP 508"):
         Environment(packages=[bad])

@@ -20,24 +20,22 @@ from types import CodeType, ModuleType
 from typing import Any
 
 
-def _is_under(path: str, roots: Iterable[str]) -> bool:
-    return any(path == root or path.startswith(root + os.sep) for root in roots)
-
-
 def local_modules(fn: Callable, roots: Iterable[str]) -> list[ModuleType]:
     """The function's own module and every loaded module whose file lies under `roots`."""
-    roots = [os.path.realpath(r) for r in roots if r]
-    site_dirs = [os.path.realpath(p) for p in sys.path if "site-packages" in p or "dist-packages" in p]
+    # Plain string prefixes (each root as given and resolved), checked by str.startswith
+    # in C: resolving each of the thousands of loaded modules' paths would cost more than
+    # the rest of a task's start.
+    prefixes = tuple({form + os.sep for r in roots if r for form in (os.path.abspath(r), os.path.realpath(r))})
+    installed = tuple(p + os.sep for p in sys.path if "site-packages" in p or "dist-packages" in p)
     found: dict[str, ModuleType] = {}
     own = sys.modules.get(getattr(fn, "__module__", "") or "")
     if own is not None and own.__name__ != "__main__":
         found[own.__name__] = own
+    if not prefixes:
+        return list(found.values())
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
-        if not file or name == "__main__" or name.startswith("airflow_infra"):
-            continue
-        real = os.path.realpath(file)
-        if _is_under(real, roots) and not _is_under(real, site_dirs):
+        if file and file.startswith(prefixes) and not file.startswith(installed) and name != "__main__" and not name.startswith("airflow_infra"):
             found[name] = module
     return list(found.values())
 

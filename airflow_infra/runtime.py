@@ -18,22 +18,26 @@ import os
 import pickle
 import resource
 import sys
-import tempfile
 import time
-import traceback
-from pathlib import Path
 from typing import Any
+
+# Imports are kept to what every call needs (traceback, for one, loads only on failure):
+# this file's start-up is part of every task's overhead.
 
 REF_KEY = "__infra_artifact__"
 OUTCOME_FILE = "outcome.json"
 PLAIN_TYPES = (str, int, float, bool, type(None))
 EXIT_USER_ERROR = 3
+CONTROL = "\x1eairflow-infra\x1e "  # prefixes the serve mode's own lines on stdout
 
 
-def atomic_write(dest: Path, data: bytes) -> None:
+def atomic_write(dest: str | os.PathLike, data: bytes) -> None:
     """Write through a temporary file in the same directory, then rename over the target."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    dest = os.fspath(dest)
+    folder, name = os.path.split(dest)
+    os.makedirs(folder or ".", exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -41,7 +45,8 @@ def atomic_write(dest: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
 
 
@@ -59,10 +64,10 @@ def is_plain(value: Any, depth: int = 0) -> bool:
 
 
 def _open_ref(uri: str, local: dict[str, str]) -> bytes:
-    if uri in local:
-        return Path(local[uri]).read_bytes()
-    if uri.startswith("file://"):
-        return Path(uri[len("file://"):]).read_bytes()
+    path = local.get(uri) or (uri[len("file://"):] if uri.startswith("file://") else None)
+    if path is not None:
+        with open(path, "rb") as fh:
+            return fh.read()
     import fsspec  # only where the image put it: remote stores are read with fsspec
 
     with fsspec.open(uri, "rb") as fh:
@@ -83,9 +88,10 @@ def _peak_rss_kib() -> int:
     # VmHWM belongs to this program's own address space. ru_maxrss would not do: Linux keeps
     # it across exec, so it reports the (much larger) parent that forked us.
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -111,6 +117,8 @@ def _register_sources(sources: dict[str, str]) -> None:
 
 
 def _user_traceback(exc: BaseException) -> str:
+    import traceback
+
     tb = exc.__traceback__
     # Drop this runtime's own frames so the user sees their code first.
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
@@ -118,7 +126,7 @@ def _user_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
-def _write_outputs(result: Any, call: dict[str, Any], out_dir: Path) -> list[dict[str, Any]]:
+def _write_outputs(result: Any, call: dict[str, Any], out_dir: str) -> list[dict[str, Any]]:
     if call.get("multiple_outputs"):
         if not isinstance(result, dict) or not all(isinstance(k, str) for k in result):
             raise TypeError(
@@ -136,7 +144,7 @@ def _write_outputs(result: Any, call: dict[str, Any], out_dir: Path) -> list[dic
         except Exception as exc:  # noqa: BLE001 - any pickling failure is the same user problem
             raise TypeError(f"the return value {key!r} ({type(value).__name__}) cannot be pickled: {exc}") from exc
         name = f"out-{i}.pkl"
-        atomic_write(out_dir / name, blob)
+        atomic_write(os.path.join(out_dir, name), blob)
         described.append(
             {
                 "key": key,
@@ -151,32 +159,72 @@ def _write_outputs(result: Any, call: dict[str, Any], out_dir: Path) -> list[dic
 
 def main(argv: list[str]) -> int:
     started = time.monotonic()
-    call_path, out_dir = Path(argv[1]), Path(argv[2])
-    local_refs = json.loads(Path(argv[3]).read_text()) if len(argv) > 3 else {}
+    call_path, out_dir = argv[1], argv[2]
+    local_refs = {}
+    if len(argv) > 3:
+        with open(argv[3]) as fh:
+            local_refs = json.load(fh)
     outcome: dict[str, Any] = {"ok": False, "python": sys.version.split()[0]}
     try:
-        call = pickle.loads(call_path.read_bytes())
-        _register_sources(call.get("sources", {}))
+        with open(call_path, "rb") as fh:
+            call = pickle.load(fh)
         args = resolve_refs(list(call["args"]), local_refs)
         kwargs = resolve_refs(dict(call["kwargs"]), local_refs)
     except Exception as exc:  # noqa: BLE001
         print(f"airflow-infra runtime: could not load the call: {exc!r}", file=sys.stderr)
-        outcome["error"] = {"stage": "load", "type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}
+        outcome["error"] = {"stage": "load", "type": type(exc).__name__, "message": str(exc), "traceback": _user_traceback(exc)}
     else:
         try:
             result = call["fn"](*args, **kwargs)
             outcome["outputs"] = _write_outputs(result, call, out_dir)
             outcome["ok"] = True
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the task too
+            _register_sources(call.get("sources", {}))
             text = _user_traceback(exc)
             sys.stderr.write(text)
             outcome["error"] = {"stage": "run", "type": type(exc).__name__, "message": str(exc), "traceback": text}
     sys.stdout.flush()
     sys.stderr.flush()
     outcome["metrics"] = _measure(started)
-    atomic_write(out_dir / OUTCOME_FILE, json.dumps(outcome, indent=1).encode())
+    atomic_write(os.path.join(out_dir, OUTCOME_FILE), json.dumps(outcome, indent=1).encode())
     return 0 if outcome["ok"] else EXIT_USER_ERROR
 
 
+def serve() -> int:
+    """Warm mode: fork one child per request line, so each call skips interpreter start-up.
+
+    Requests arrive on stdin as JSON lines {"argv": [...], "cwd": ..., "env": {...}}. For
+    each, a forked child (its own session and process group) runs `main`; the child's
+    output shares this process's stdout. Control lines, marked with CONTROL, report the
+    child's pid and, once it has exited and its group is killed, its exit code. EOF on
+    stdin (the worker has gone) ends the server.
+    """
+    import cloudpickle  # noqa: F401  (the point of serving: every child inherits it loaded)
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                os.setsid()
+                os.chdir(request["cwd"])
+                os.environ.update(request["env"])
+                code = main(["runtime", *request["argv"]])
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        print(f"{CONTROL}pid {pid}", flush=True)
+        _, status = os.waitpid(pid, 0)
+        try:
+            os.killpg(pid, 9)  # anything the call left running in its group
+        except OSError:
+            pass
+        print(f"{CONTROL}exit {os.waitstatus_to_exitcode(status)}", flush=True)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(serve() if sys.argv[1:] == ["--serve"] else main(sys.argv))

@@ -44,6 +44,13 @@ def test_timeout_kills_the_task(dags):
     assert "timed out after 2s (timeout=2s)" in run.output
 
 
+def test_dead_processes_fail_their_task_clearly_and_the_next_task_still_runs(dags):
+    run = dags.test("infra_process_deaths")
+    assert "task 'kill_own_runtime': the task's runtime process died" in run.output
+    assert "task 'killed_by_signal': the task process died (killed by SIGKILL: most likely out of memory" in run.output
+    assert run.result("afterwards") == 7
+
+
 def test_routing_by_mapped_resource(dags, infra_yaml):
     infra_yaml(
         """

@@ -1,11 +1,9 @@
-"""The local target: the call runs in a subprocess, in a cached uv virtual environment."""
+"""The local target: the call runs in its own process, in a cached uv virtual environment."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -14,6 +12,7 @@ from pathlib import Path
 from airflow_infra import runtime
 from airflow_infra.artifacts import CALL_FILE, OUTCOME_FILE
 from airflow_infra.backends.base import Job
+from airflow_infra.backends.runtime_server import RuntimeServer, ServerGone, forget, server_for
 from airflow_infra.config import LocalTarget, env_cache_dir
 from airflow_infra.errors import InfraTaskFailed
 from airflow_infra.local_env import child_environ, ensure_env
@@ -23,7 +22,7 @@ class LocalBackend:
     def __init__(self, name: str, target: LocalTarget):
         self.name = name
         self.target = target
-        self._proc: subprocess.Popen | None = None
+        self._server: RuntimeServer | None = None
 
     def run(self, job: Job) -> None:
         ignored = [f for f in ("apt_packages", "base_image") if getattr(job.environment, f)]
@@ -58,35 +57,23 @@ class LocalBackend:
                 job.store.upload(path, job.task_dir / path.name)
 
     def _execute(self, job: Job, python: Path, call: Path, out: Path, cwd: Path, refs_file: Path | None) -> None:
-        # -P: the runtime's folder must not shadow the standard library (this package has an operator.py).
-        cmd = [str(python), "-u", "-P", runtime.__file__, str(call), str(out)]
-        if refs_file is not None:
-            cmd.append(str(refs_file))
+        argv = [str(call), str(out), *([str(refs_file)] if refs_file is not None else [])]
         timeout = job.resources.timeout
-        started = time.monotonic()
-        self._proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=child_environ(job.environment.env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,  # its own process group, so on_kill reaches its children
-        )
+        self._server = server_for(python, child_environ({}))
         watchdog = threading.Timer(timeout, self.kill) if timeout else None
         if watchdog:
             watchdog.daemon = True
             watchdog.start()
+        started = time.monotonic()
         try:
-            assert self._proc.stdout is not None
-            for line in self._proc.stdout:
-                job.log.info("%s", line.rstrip("\n"))
-            code = self._proc.wait()
+            code = self._server.call(argv, cwd, job.environment.env, lambda line: job.log.info("%s", line))
+        except ServerGone as exc:
+            forget(python)
+            raise InfraTaskFailed(f"{job.where}: the task's runtime process died ({exc}) before writing a result") from None
         finally:
             if watchdog:
                 watchdog.cancel()
-            self._proc = None
+            self._server = None
         elapsed = time.monotonic() - started
         if timeout and elapsed >= timeout and code != 0:
             raise InfraTaskFailed(f"{job.where}: timed out after {elapsed:.0f}s (timeout={timeout:g}s); raise `timeout` or make the task faster")
@@ -94,12 +81,9 @@ class LocalBackend:
             raise InfraTaskFailed(f"{job.where}: the task process died ({_describe_exit(code)}) before writing a result")
 
     def kill(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        server = self._server
+        if server is not None:
+            server.kill_call()
 
 
 def _describe_exit(code: int) -> str:

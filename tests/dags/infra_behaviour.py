@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from airflow.sdk import dag, task
 from infra_helpers import shout
@@ -81,6 +82,28 @@ def infra_timeout():
     sleepy()
 
 
+@dag(schedule=None, catchup=False, tags=["airflow-infra-tests"])
+def infra_process_deaths():
+    @infra_task
+    def kill_own_runtime() -> None:
+        import signal
+
+        os.kill(os.getppid(), signal.SIGKILL)  # the warm runtime this call was forked from
+        time.sleep(30)
+
+    @infra_task
+    def killed_by_signal() -> None:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+
+    @infra_task(trigger_rule="all_done")
+    def afterwards() -> int:
+        return 7
+
+    [kill_own_runtime(), killed_by_signal()] >> afterwards()
+
+
 def memory_hungry(size: str) -> str:
     return size
 
@@ -94,4 +117,5 @@ def infra_mapped_resources():
 infra_behaviour()
 infra_failure()
 infra_timeout()
+infra_process_deaths()
 infra_mapped_resources()

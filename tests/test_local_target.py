@@ -91,3 +91,13 @@ def test_artifacts_on_another_object_store_url(dags, infra_yaml, tmp_path):
     run = dags.test("fanout_example", conf={"n_shards": 2})
     assert run.succeeded, run.output[-4000:]
     assert list(store.glob("fanout_example/*/merge/-1/1/outcome.json"))
+
+
+def test_artifacts_on_a_remote_object_store(dags, infra_yaml):
+    # fsspec's in-memory store lives inside the `airflow dags test` process: like S3 it has
+    # no local path, so calls and results are staged through a scratch folder both ways.
+    infra_yaml("artifacts: memory://bucket/airflow-infra\n")
+    run = dags.test("fanout_example", conf={"n_shards": 2})
+    assert run.succeeded, run.output[-4000:]
+    assert "2 shards, 40 words counted" in run.output
+    assert "stays in the store: memory://bucket/airflow-infra/fanout_example/" in run.output

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow_infra.runtime import OUTCOME_FILE, REF_KEY, atomic_write
+from airflow_infra.runtime import OUTCOME_FILE, REF_KEY, atomic_write  # noqa: F401  (the wire format lives in runtime)
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath

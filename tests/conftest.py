@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.dagrun import REPO
+
 HOME = Path(tempfile.mkdtemp(prefix="airflow-infra-tests-"))
 DAGS = HOME / "dags"
 
@@ -62,3 +63,9 @@ def infra_yaml():
 
     yield write
     path.unlink(missing_ok=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # The home holds built environments (hundreds of MB); keep it only when asked to.
+    if not os.environ.get("AIRFLOW_INFRA_KEEP_TEST_HOME"):
+        shutil.rmtree(HOME, ignore_errors=True)

@@ -14,6 +14,17 @@ from typing import Any
 
 from airflow_infra.artifacts import path_component
 
+REPO = Path(__file__).resolve().parents[1]
+
+# Two local targets, so routing decisions show without any remote backend.
+BIGMEM_RULES = """
+targets:
+  bigmem: {kind: local}
+rules:
+  - {when: "memory > 1Gi", target: bigmem}
+  - {target: local}
+"""
+
 _RUN_ID = re.compile(r"run_id=(\S+?),")
 
 

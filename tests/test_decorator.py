@@ -214,7 +214,7 @@ def _parse(folder) -> set[str]:
 
 
 def test_parsing_the_examples_imports_nothing_heavy_and_uses_no_network(tmp_path):
-    from tests.conftest import REPO
+    from tests.dagrun import REPO
 
     (tmp_path / "plain.py").write_text(PLAIN_DAG)
     baseline = _parse(tmp_path)

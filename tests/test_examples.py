@@ -6,6 +6,8 @@ from collections import Counter
 
 import pytest
 
+from tests.dagrun import BIGMEM_RULES
+
 pytestmark = pytest.mark.integration
 
 
@@ -21,15 +23,7 @@ def test_seed_scenario_conflicting_numpy_pins(dags):
 
 
 def test_params_drive_argument_and_resource(dags, infra_yaml):
-    infra_yaml(
-        """
-targets:
-  bigmem: {kind: local}
-rules:
-  - {when: "memory > 1Gi", target: bigmem}
-  - {target: local}
-"""
-    )
+    infra_yaml(BIGMEM_RULES)
     small = dags.test("params_example")
     assert small.succeeded, small.output[-4000:]
     assert small.call("train")["target"] == "local"

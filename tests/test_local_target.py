@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.dagrun import BIGMEM_RULES
+
 pytestmark = pytest.mark.integration
 
 
@@ -52,15 +54,7 @@ def test_dead_processes_fail_their_task_clearly_and_the_next_task_still_runs(dag
 
 
 def test_routing_by_mapped_resource(dags, infra_yaml):
-    infra_yaml(
-        """
-targets:
-  bigmem: {kind: local}
-rules:
-  - {when: "memory > 1Gi", target: bigmem}
-  - {target: local}
-"""
-    )
+    infra_yaml(BIGMEM_RULES)
     run = dags.test("infra_mapped_resources")
     assert run.succeeded, run.output[-4000:]
     assert run.call("sized", 0)["target"] == "local"

@@ -37,7 +37,10 @@ class _InfraTaskDecorator(_TaskDecorator):
         task_id = kwargs.get("task_id")
         declared = declaration_from(kwargs, getattr(dag, "dag_id", None), task_id)
         validate_declaration(declared, kwargs.get("target", "auto"), dag, task_id)
-        return super()._expand(expand_input, strict=strict)
+        # The mapped operator gets the flat fields: Airflow would read a grouped
+        # `resources=Resources(...)` as BaseOperator's own `resources`.
+        flat = attr.evolve(self, kwargs={**kwargs, **declared})
+        return _TaskDecorator._expand(flat, expand_input, strict=strict)
 
 
 def infra_task(python_callable: Callable | None = None, multiple_outputs: bool | None = None, **kwargs: Any):

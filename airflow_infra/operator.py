@@ -94,8 +94,11 @@ def requirements_file(dag_file: str, declared: str) -> Path:
 
 def to_plain(value: Any) -> Any:
     """A context value as plain Python (pendulum -> datetime, ParamsDict -> dict), or TypeError."""
-    if value is None or isinstance(value, (str, int, float, bool)):
+    if value is None or type(value) in (str, int, float, bool):
         return value
+    for scalar in (bool, str, int, float):  # subclasses (pendulum aside) become the builtin
+        if isinstance(value, scalar) and not isinstance(value, dt.date):
+            return scalar(value)
     if isinstance(value, dt.datetime):
         return dt.datetime.fromtimestamp(value.timestamp(), tz=dt.timezone.utc)
     if isinstance(value, dt.date):

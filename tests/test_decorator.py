@@ -95,6 +95,19 @@ def test_grouped_models_are_the_keyword_form():
         assert getattr(g, name) == getattr(f, name), name
 
 
+def test_grouped_models_on_a_mapped_task():
+    with DAG("grouped_mapped", schedule=None) as dag:
+
+        @infra_task(resources=Resources(memory="1Gi"), environment=Environment(packages=["six"]))
+        def each(x: int):
+            return x
+
+        each.expand(x=[1, 2])
+    mapped = dag.task_dict["each"]
+    assert mapped.partial_kwargs["memory"] == 2**30 and mapped.partial_kwargs["packages"] == ("six",)
+    assert "resources" not in mapped.partial_kwargs or mapped.partial_kwargs["resources"] is None
+
+
 def test_keyword_and_group_conflict():
     with DAG("conflict", schedule=None), pytest.raises(InfraSpecError, match="cpu given both"):
 

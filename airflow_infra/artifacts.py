@@ -37,9 +37,9 @@ def path_component(value: str) -> str:
     return safe
 
 
-def make_ref(uri: str, type_name: str, size: int) -> dict[str, Any]:
+def make_ref(uri: str, type_name: str, size: int, sha256: str | None = None) -> dict[str, Any]:
     """What XCom carries for a value that stays in the store."""
-    return {REF_KEY: uri, "type": type_name, "bytes": size}
+    return {REF_KEY: uri, "type": type_name, "bytes": size, "sha256": sha256}
 
 
 def is_ref(value: Any) -> bool:
@@ -77,6 +77,10 @@ class ArtifactStore:
 
     def uri(self, path: ObjectStoragePath) -> str:
         return str(path)
+
+    def output_path(self, task_dir: ObjectStoragePath, output: dict[str, Any]) -> ObjectStoragePath:
+        """Where an output described in outcome.json lives: its own URI (a cache hit), else its file."""
+        return self.path(output["uri"]) if output.get("uri") else task_dir / output["file"]
 
     def path(self, uri: str) -> ObjectStoragePath:
         from airflow.sdk import ObjectStoragePath

@@ -102,3 +102,64 @@ class _PlainUnpickler(pickle.Unpickler):
 
 def loads_plain(blob: bytes) -> Any:
     return _PlainUnpickler(io.BytesIO(blob)).load()
+
+
+_SIMPLE = (int, float, str, bytes, bool, type(None))
+
+
+def code_fingerprint(fn: Callable, roots: Iterable[str]) -> str:
+    """A stable hash of the code a call runs: the function's source, the sources of the
+    functions and classes it uses from the DAG's own modules, and the simple constants it
+    reads. Installed packages count by name only (their versions are in the environment hash).
+
+    Not a hash of the pickle: pickled sets of strings change order between processes.
+    """
+    import hashlib
+    import inspect
+
+    shipped = {m.__name__ for m in local_modules(fn, roots)}
+    parts: list[str] = []
+    seen: set[int] = set()
+
+    def names(code: CodeType) -> set[str]:
+        out = set(code.co_names)
+        for const in code.co_consts:
+            if isinstance(const, CodeType):
+                out |= names(const)
+        return out
+
+    def describe(name: str, value: Any) -> None:
+        if isinstance(value, _SIMPLE):
+            parts.append(f"{name}={value!r}")
+        elif isinstance(value, ModuleType):
+            parts.append(f"{name}=module:{value.__name__}")
+        elif inspect.isfunction(value) or inspect.isclass(value):
+            if getattr(value, "__module__", None) in shipped:
+                visit(value)
+            else:
+                parts.append(f"{name}={value.__module__}.{value.__qualname__}")
+
+    def visit(obj: Any) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        try:
+            parts.append(inspect.getsource(obj))
+        except (OSError, TypeError):
+            code = getattr(obj, "__code__", None)
+            parts.append(code.co_code.hex() if code is not None else repr(obj))
+        code = getattr(obj, "__code__", None)
+        if code is None:
+            return
+        for cell_name, cell in zip(code.co_freevars, obj.__closure__ or ()):
+            try:
+                describe(cell_name, cell.cell_contents)
+            except ValueError:  # an empty cell
+                continue
+        globals_ = getattr(obj, "__globals__", {})
+        for name in sorted(names(code)):
+            if name in globals_:
+                describe(name, globals_[name])
+
+    visit(fn)
+    return hashlib.sha256("\n\0".join(parts).encode()).hexdigest()

@@ -176,6 +176,8 @@ class InfraOperator(BaseOperator):
     :param gpu: GPU count (templated); gpu_type: e.g. "a100" (templated).
     :param timeout: seconds, "2h" or a timedelta (templated).
     :param target: "auto" (the routing rules decide) or a target name.
+    :param cache: True or a version string: reuse an earlier result when the code, the
+        inputs and the environment all match (off by default).
     """
 
     template_fields: Sequence[str] = ("op_args", "op_kwargs", *RESOURCE_FIELDS, "env")
@@ -206,6 +208,7 @@ class InfraOperator(BaseOperator):
         timeout: float | str | dt.timedelta | None = None,
         environment: Environment | None = None,
         target: str = "auto",
+        cache: bool | str = False,
         **kwargs: Any,
     ) -> None:
         # Named one by one (not **kwargs) so that classic .partial().expand() can map them.
@@ -225,11 +228,17 @@ class InfraOperator(BaseOperator):
         self.op_args = list(op_args or [])
         self.op_kwargs = dict(op_kwargs or {})
         self.target = target
+        self.cache = cache
         # Undeclared fields keep the class default, None. Written to __dict__ directly: during
         # __init__, BaseOperator.__setattr__ would only record init kwargs, which hold these already.
         self.__dict__.update(declared)
         self._backend = None
         validate_declaration(declared, target, self.dag if self.has_dag() else None, self.task_id)
+        if not (isinstance(cache, bool) or (isinstance(cache, str) and 0 < len(cache) <= 128)):
+            raise InfraSpecError(
+                f"{where(self.dag_id, self.task_id)}: cache={cache!r}: use True, False or a version string "
+                "(changing the string invalidates earlier results)"
+            )
 
     def _set_xcomargs_dependencies(self) -> None:
         # BaseOperator scans every template field for XComArgs at construction; most of our
@@ -287,7 +296,7 @@ class InfraOperator(BaseOperator):
     def execute(self, context: Any) -> Any:
         from airflow_infra.artifacts import CALL_FILE, CALL_META_FILE, OUTCOME_FILE, ArtifactStore, find_refs
         from airflow_infra.backends import Job, backend_for
-        from airflow_infra.codeship import dumps_call
+        from airflow_infra.codeship import code_fingerprint, dumps_call
         from airflow_infra.config import artifacts_url, load_config, route
 
         environment, resources = build_models(self.dag_id, self.task_id, self._declared(), skip_templated=False)
@@ -300,33 +309,40 @@ class InfraOperator(BaseOperator):
         store = ArtifactStore(artifacts_url(config))
         task_dir = store.task_dir(self.dag_id, context["run_id"], self.task_id, ti.map_index, ti.try_number)
         req_path, req_text = self._requirements(environment)
+        roots = self._code_roots()
         blob = dumps_call(
             self.python_callable,
             args,
             kwargs,
-            roots=self._code_roots(),
+            roots=roots,
             multiple_outputs=self.multiple_outputs,
             xcom_max_bytes=config.xcom_max_bytes,
         )
+        meta = {
+            "dag_id": self.dag_id,
+            "task_id": self.task_id,
+            "run_id": context["run_id"],
+            "map_index": ti.map_index,
+            "try_number": ti.try_number,
+            "function": f"{self.python_callable.__module__}.{self.python_callable.__qualname__}",
+            "code_fingerprint": code_fingerprint(self.python_callable, roots),
+            "target": chosen.target,
+            "routing_reason": chosen.reason,
+            "environment": environment.model_dump(mode="json"),
+            # Everything that decides what the code runs against: packages, requirements file
+            # content, Python, image inputs and runtime variables.
+            "environment_hash": environment.build_hash(req_text, {"env": environment.env}),
+            "resources": resources.model_dump(mode="json"),
+            "submitted_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        }
         store.write_bytes(task_dir / CALL_FILE, blob)
-        store.write_json(
-            task_dir / CALL_META_FILE,
-            {
-                "dag_id": self.dag_id,
-                "task_id": self.task_id,
-                "run_id": context["run_id"],
-                "map_index": ti.map_index,
-                "try_number": ti.try_number,
-                "function": f"{self.python_callable.__module__}.{self.python_callable.__qualname__}",
-                "target": chosen.target,
-                "routing_reason": chosen.reason,
-                "environment": environment.model_dump(mode="json"),
-                "environment_hash": environment.content_hash(),
-                "resources": resources.model_dump(mode="json"),
-                "submitted_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            },
-        )
-        refs = find_refs([args, kwargs])
+        key = self._cache_key(meta, args, kwargs)
+        if key is not None:
+            hit = self._cache_hit(store, task_dir, meta, key)
+            if hit is not None:
+                return self._results(store, task_dir, hit, meta["resources"])
+        store.write_json(task_dir / CALL_META_FILE, meta)
+
         self._backend = backend_for(chosen.target, config.targets[chosen.target])
         job = Job(
             dag_id=self.dag_id,
@@ -335,7 +351,7 @@ class InfraOperator(BaseOperator):
             resources=resources,
             store=store,
             task_dir=task_dir,
-            refs=refs,
+            refs=find_refs([args, kwargs]),
             log=self.log,
             requirements_path=req_path,
             requirements_text=req_text,
@@ -344,7 +360,48 @@ class InfraOperator(BaseOperator):
         outcome_path = task_dir / OUTCOME_FILE
         if not store.exists(outcome_path):
             raise InfraTaskFailed(f"{where(self.dag_id, self.task_id)}: the task finished without writing {outcome_path}")
-        return self._results(store, task_dir, store.read_json(outcome_path))
+        outcome = store.read_json(outcome_path)
+        result = self._results(store, task_dir, outcome, meta["resources"])
+        if key is not None:
+            from airflow_infra.cache import record
+
+            record(store, key, task_dir, meta)
+        return result
+
+    def _cache_key(self, meta: dict[str, Any], args: list, kwargs: dict) -> str | None:
+        if self.cache is False:
+            return None
+        from airflow_infra.cache import cache_key
+
+        return cache_key(
+            fingerprint=meta["code_fingerprint"],
+            args=args,
+            kwargs=kwargs,
+            environment_hash=meta["environment_hash"],
+            version="" if self.cache is True else str(self.cache),
+            multiple_outputs=bool(self.multiple_outputs),
+        )
+
+    def _cache_hit(self, store: Any, task_dir: Any, meta: dict[str, Any], key: str) -> dict[str, Any] | None:
+        """On a hit, record this call as served from the cache and return its outcome."""
+        from airflow_infra.artifacts import CALL_META_FILE, OUTCOME_FILE
+        from airflow_infra.cache import lookup
+
+        hit = lookup(store, key)
+        meta["cache"] = {"key": key, "hit": hit is not None}
+        if hit is None:
+            self.log.info("cache miss (key %s): running", key[:12])
+            return None
+        source = {k: hit[k] for k in ("dag_id", "task_id", "run_id", "map_index", "task_dir")}
+        self.log.info(
+            "cache hit: reusing the result of run %r (DAG %r, task %r, map index %s) from %s",
+            source["run_id"], source["dag_id"], source["task_id"], source["map_index"], source["task_dir"],
+        )
+        meta["cache"]["from"] = source
+        store.write_json(task_dir / CALL_META_FILE, meta)
+        outcome = {**hit["outcome"], "cache_hit": source}
+        store.write_json(task_dir / OUTCOME_FILE, outcome)
+        return outcome
 
     def _requirements(self, environment: Environment) -> tuple[Path | None, str | None]:
         if not environment.requirements:
@@ -357,18 +414,17 @@ class InfraOperator(BaseOperator):
                 f"{where(self.dag_id, self.task_id)}: requirements={environment.requirements!r}: cannot read {path}: {exc}"
             ) from None
 
-    def _results(self, store: Any, task_dir: Any, outcome: dict[str, Any]) -> Any:
+    def _results(self, store: Any, task_dir: Any, outcome: dict[str, Any], requested: dict[str, Any]) -> Any:
         from airflow_infra.artifacts import make_ref
         from airflow_infra.codeship import loads_plain
         from airflow_infra.quantities import format_bytes
+        from airflow_infra.rightsizing import advice, summary
 
         metrics = outcome.get("metrics", {})
-        self.log.info(
-            "measured: peak memory %s, CPU %.2fs, wall %.2fs",
-            format_bytes(metrics.get("peak_memory_bytes")),
-            metrics.get("cpu_seconds", 0.0),
-            metrics.get("wall_seconds", 0.0),
-        )
+        served = " (when it ran, in the run served from the cache)" if outcome.get("cache_hit") else ""
+        self.log.info("measured%s: %s", served, summary(requested, metrics))
+        for hint in advice(requested, metrics):
+            self.log.warning("right-sizing: %s", hint)
         if not outcome.get("ok"):
             error = outcome.get("error", {})
             stage = "could not load its call" if error.get("stage") == "load" else "raised"
@@ -378,11 +434,11 @@ class InfraOperator(BaseOperator):
             )
         values = {}
         for output in outcome["outputs"]:
-            path = task_dir / output["file"]
+            path = store.output_path(task_dir, output)
             if output["plain"]:
                 values[output["key"]] = loads_plain(store.read_bytes(path))
             else:
-                values[output["key"]] = make_ref(store.uri(path), output["type"], output["bytes"])
+                values[output["key"]] = make_ref(store.uri(path), output["type"], output["bytes"], output.get("sha256"))
                 self.log.info("output %r (%s, %s) stays in the store: %s", output["key"], output["type"], format_bytes(output["bytes"]), store.uri(path))
         return values if self.multiple_outputs else values["return_value"]
 

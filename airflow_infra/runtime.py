@@ -13,6 +13,7 @@ here, so both sides always agree.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -28,6 +29,7 @@ REF_KEY = "__infra_artifact__"
 OUTCOME_FILE = "outcome.json"
 PLAIN_TYPES = (str, int, float, bool, type(None))
 EXIT_USER_ERROR = 3
+HASH_MAX_BYTES = 64 << 20
 CONTROL = "\x1eairflow-infra\x1e "  # prefixes the serve mode's own lines on stdout
 
 
@@ -150,6 +152,9 @@ def _write_outputs(result: Any, call: dict[str, Any], out_dir: str) -> list[dict
                 "key": key,
                 "file": name,
                 "bytes": len(blob),
+                # Content hash for result caching downstream; skipped for large blobs, where
+                # hashing would cost as much as moving them (those are identified by URI).
+                "sha256": hashlib.sha256(blob).hexdigest() if len(blob) <= HASH_MAX_BYTES else None,
                 "type": f"{type(value).__module__}.{type(value).__qualname__}",
                 "plain": is_plain(value) and len(blob) <= int(call.get("xcom_max_bytes", 0)),
             }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airflow_infra.artifacts import path_component
+from airflow_infra.client import Call, Client
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,27 +39,18 @@ class DagRun:
     def succeeded(self) -> bool:
         return self.returncode == 0 and "state=success" in self.output
 
-    def task_dir(self, task_id: str, map_index: int = -1, try_number: int | None = None) -> Path:
-        base = self.artifacts / path_component(self.dag_id) / path_component(self.run_id or "") / task_id / str(map_index)
-        if try_number is None:
-            try_number = max(int(p.name) for p in base.iterdir())
-        return base / str(try_number)
+    def _call(self, task_id: str, map_index: int) -> Call:
+        return Client(f"file://{self.artifacts}").run(self.dag_id, self.run_id or "")[task_id][map_index]
 
     def outcome(self, task_id: str, map_index: int = -1) -> dict[str, Any]:
-        return json.loads((self.task_dir(task_id, map_index) / "outcome.json").read_text())
+        return self._call(task_id, map_index).outcome
 
     def call(self, task_id: str, map_index: int = -1) -> dict[str, Any]:
-        return json.loads((self.task_dir(task_id, map_index) / "call.json").read_text())
+        return self._call(task_id, map_index).meta
 
     def result(self, task_id: str, map_index: int = -1) -> Any:
         """The task's return value, loaded from the store (a dict when it had multiple outputs)."""
-        outcome = self.outcome(task_id, map_index)
-        assert outcome["ok"], outcome.get("error")
-        values = {
-            out["key"]: pickle.loads((self.task_dir(task_id, map_index) / out["file"]).read_bytes())
-            for out in outcome["outputs"]
-        }
-        return values["return_value"] if list(values) == ["return_value"] else values
+        return self._call(task_id, map_index).result
 
 
 class DagRunner:

@@ -240,6 +240,14 @@ class InfraOperator(BaseOperator):
                 "(changing the string invalidates earlier results)"
             )
 
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        # Upstream results are resolved here: keep artifact references as references (the
+        # call loads them where it runs), even under InfraXComBackend.
+        from airflow_infra.xcom import keep_references
+
+        with keep_references():
+            super().render_template_fields(context, jinja_env)
+
     def _set_xcomargs_dependencies(self) -> None:
         # BaseOperator scans every template field for XComArgs at construction; most of our
         # ten are undeclared (None) or scalars, and skipping those keeps parse time near plain @task's.
@@ -304,7 +312,10 @@ class InfraOperator(BaseOperator):
         chosen = route(config, resources, self.target, self.dag_id, self.task_id)
         self.log.info("target %r: %s", chosen.target, chosen.reason)
 
-        args, kwargs = self._call_arguments(context)
+        from airflow_infra.xcom import keep_references
+
+        with keep_references():  # a reduce task's lazy sequence is fetched here
+            args, kwargs = self._call_arguments(context)
         ti = context["ti"]
         store = ArtifactStore(artifacts_url(config))
         task_dir = store.task_dir(self.dag_id, context["run_id"], self.task_id, ti.map_index, ti.try_number)

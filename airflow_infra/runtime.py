@@ -20,6 +20,8 @@ import pickle
 import resource
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 # Imports are kept to what every call needs (traceback, for one, loads only on failure):
@@ -33,8 +35,9 @@ HASH_MAX_BYTES = 64 << 20
 CONTROL = "\x1eairflow-infra\x1e "  # prefixes the serve mode's own lines on stdout
 
 
-def atomic_write(dest: str | os.PathLike, data: bytes) -> None:
-    """Write through a temporary file in the same directory, then rename over the target."""
+@contextmanager
+def atomic_file(dest: str | os.PathLike) -> Iterator[Any]:
+    """A file to write into; on success it replaces `dest` at once, on failure it vanishes."""
     dest = os.fspath(dest)
     folder, name = os.path.split(dest)
     os.makedirs(folder or ".", exist_ok=True)
@@ -42,7 +45,7 @@ def atomic_write(dest: str | os.PathLike, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
@@ -50,6 +53,12 @@ def atomic_write(dest: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(dest: str | os.PathLike, data: bytes) -> None:
+    """Write through a temporary file in the same directory, then rename over the target."""
+    with atomic_file(dest) as fh:
+        fh.write(data)
 
 
 def is_plain(value: Any, depth: int = 0) -> bool:
@@ -65,20 +74,21 @@ def is_plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def _open_ref(uri: str, local: dict[str, str]) -> bytes:
+def _load_ref(uri: str, local: dict[str, str]) -> Any:
+    # Unpickled straight from the file: a large value is read once, not read then copied.
     path = local.get(uri) or (uri[len("file://"):] if uri.startswith("file://") else None)
     if path is not None:
         with open(path, "rb") as fh:
-            return fh.read()
+            return pickle.load(fh)
     import fsspec  # only where the image put it: remote stores are read with fsspec
 
     with fsspec.open(uri, "rb") as fh:
-        return fh.read()
+        return pickle.load(fh)
 
 
 def resolve_refs(value: Any, local: dict[str, str]) -> Any:
     if type(value) is dict and isinstance(value.get(REF_KEY), str):
-        return pickle.loads(_open_ref(value[REF_KEY], local))
+        return _load_ref(value[REF_KEY], local)
     if type(value) is dict:
         return {k: resolve_refs(v, local) for k, v in value.items()}
     if type(value) in (list, tuple):
@@ -141,25 +151,33 @@ def _write_outputs(result: Any, call: dict[str, Any], out_dir: str) -> list[dict
 
     described = []
     for i, (key, value) in enumerate(items):
+        name = f"out-{i}.pkl"
+        path = os.path.join(out_dir, name)
         try:
-            blob = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            # Pickled straight into the file: a large value is never copied into memory first.
+            with atomic_file(path) as fh:
+                cloudpickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+                size = fh.tell()
         except Exception as exc:  # noqa: BLE001 - any pickling failure is the same user problem
             raise TypeError(f"the return value {key!r} ({type(value).__name__}) cannot be pickled: {exc}") from exc
-        name = f"out-{i}.pkl"
-        atomic_write(os.path.join(out_dir, name), blob)
         described.append(
             {
                 "key": key,
                 "file": name,
-                "bytes": len(blob),
+                "bytes": size,
                 # Content hash for result caching downstream; skipped for large blobs, where
                 # hashing would cost as much as moving them (those are identified by URI).
-                "sha256": hashlib.sha256(blob).hexdigest() if len(blob) <= HASH_MAX_BYTES else None,
+                "sha256": _file_sha256(path) if size <= HASH_MAX_BYTES else None,
                 "type": f"{type(value).__module__}.{type(value).__qualname__}",
-                "plain": is_plain(value) and len(blob) <= int(call.get("xcom_max_bytes", 0)),
+                "plain": is_plain(value) and size <= int(call.get("xcom_max_bytes", 0)),
             }
         )
     return described
+
+
+def _file_sha256(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
 
 
 def main(argv: list[str]) -> int:

@@ -37,6 +37,12 @@ def path_component(value: str) -> str:
     return safe
 
 
+def attempt_order(name: str) -> tuple[int, int]:
+    """Sort key of a call folder name: '3' before '3-2' before '4'."""
+    try_number, _, attempt = name.partition("-")
+    return int(try_number), int(attempt or 1)
+
+
 def make_ref(uri: str, type_name: str, size: int, sha256: str | None = None) -> dict[str, Any]:
     """What XCom carries for a value that stays in the store."""
     return {REF_KEY: uri, "type": type_name, "bytes": size, "sha256": sha256}
@@ -73,7 +79,14 @@ class ArtifactStore:
         return Path(path.path)
 
     def task_dir(self, dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int) -> ObjectStoragePath:
-        return self.root / path_component(dag_id) / path_component(run_id) / path_component(task_id) / str(map_index) / str(try_number)
+        """A fresh folder for this call: `{try}`, or `{try}-2`, `{try}-3`... when that try ran
+        before (`airflow tasks test` re-runs a try without counting it): nothing is overwritten."""
+        base = self.root / path_component(dag_id) / path_component(run_id) / path_component(task_id) / str(map_index)
+        path, attempt = base / str(try_number), 1
+        while self.exists(path / CALL_META_FILE):
+            attempt += 1
+            path = base / f"{try_number}-{attempt}"
+        return path
 
     def uri(self, path: ObjectStoragePath) -> str:
         return str(path)

@@ -18,7 +18,7 @@ import pickle
 from functools import cached_property
 from typing import Any
 
-from airflow_infra.artifacts import CALL_META_FILE, ArtifactStore, path_component
+from airflow_infra.artifacts import CALL_META_FILE, ArtifactStore, attempt_order, path_component
 from airflow_infra.runtime import OUTCOME_FILE
 from airflow_infra.cache import CACHE_DIR
 
@@ -100,7 +100,7 @@ class Task:
 
     def tries(self, map_index: int = -1) -> list[Call]:
         base = self.path / str(map_index)
-        return [Call(self.store, base / str(n)) for n in sorted(int(p.name) for p in base.iterdir())]
+        return [Call(self.store, p) for p in sorted(base.iterdir(), key=lambda p: attempt_order(p.name))]
 
     def __getitem__(self, map_index: int) -> Call:
         tries = self.tries(map_index)

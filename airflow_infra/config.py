@@ -7,6 +7,7 @@ only (never while a DAG is parsed) and cached per process by the file's mtime.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from airflow_infra.errors import InfraConfigError, where
 from airflow_infra.routing import Condition, RuleSyntaxError, describe
-from airflow_infra.spec import TARGET_NAME, Resources
+from airflow_infra.spec import IMAGE_REF, TARGET_NAME, Resources
 
 FORCE_TARGET_ENV = "AIRFLOW_INFRA_TARGET"
+_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
 LOCAL = "local"
 
 
@@ -78,14 +80,37 @@ class Rule(BaseModel):
 class InfraConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Where built images go, e.g. 127.0.0.1:5000/ml or <account>.dkr.ecr.<region>.amazonaws.com/ml.
+    # None: images stay in the local Docker engine (enough for the docker target).
     registry: str | None = None
+    registry_conn_id: str | None = None
     builder: str = "docker"
+    # The image every environment builds on: Debian + Python 3 of the workers' major.minor
+    # (dev/base-image.sh makes one without Docker Hub).
+    base_image: str = "airflow-infra/base:bookworm"
+    # Extra CA certificates (PEM files on the worker) trusted inside builds: for package
+    # downloads behind a TLS-intercepting proxy.
+    ca_certificates: list[str] = []
     artifacts: str | None = None
     # Results whose pickle is at most this many bytes, and made of plain Python values, also
     # go to XCom as values; anything else goes as a reference into the artifact store.
     xcom_max_bytes: int = Field(default=64 * 1024, ge=0)
     targets: dict[str, Target] = {}
     rules: list[Rule] = []
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, value: str | None) -> str | None:
+        if value is not None and not _REGISTRY.match(value):
+            raise ValueError(f"{value!r} is not a registry such as '127.0.0.1:5000/ml' or 'ghcr.io/org'")
+        return value
+
+    @field_validator("base_image")
+    @classmethod
+    def _base(cls, value: str) -> str:
+        if not IMAGE_REF.match(value):
+            raise ValueError(f"{value!r} is not an image reference")
+        return value
 
     @field_validator("targets")
     @classmethod

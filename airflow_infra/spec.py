@@ -26,7 +26,7 @@ _APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+(?:=[A-Za-z0-9.+~:-]+)?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PYTHON = re.compile(r"^3\.([0-9]{1,2})(?:\.[0-9]+)?$")
 # An OCI image reference: [host[:port]/]path[:tag][@digest], lowercase path components.
-_IMAGE_REF = re.compile(
+IMAGE_REF = re.compile(
     r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
@@ -156,7 +156,7 @@ class Environment(BaseModel):
     @field_validator("base_image")
     @classmethod
     def _base_image(cls, value: str | None) -> str | None:
-        if value is not None and not _IMAGE_REF.match(value):
+        if value is not None and not IMAGE_REF.match(value):
             raise ValueError(f"{value!r} is not an image reference such as 'python:3.11-slim' or 'registry:5000/ml/base:1'")
         return value
 

@@ -1,0 +1,1 @@
+"""Container images from declared environments: recipe, registry, builders."""

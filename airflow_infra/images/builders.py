@@ -1,0 +1,112 @@
+"""Builders turn a recipe into an image at a reference. Callers only use `get_builder(name)`.
+
+`docker` builds on the local engine with the docker SDK (output streamed into the log)
+and pushes when the reference names a registry; `none` builds nothing, for deployments
+where CI builds images (`airflow-infra build`) and workers must not. A new builder (an
+in-cluster one, say) is a class with `build` and `push`, registered under the entry
+point group `airflow_infra.builders`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from airflow_infra.errors import InfraConfigError, InfraEnvironmentError
+from airflow_infra.images.recipe import ImageRecipe
+from airflow_infra.images.registry import Credentials
+
+Log = Callable[[str], None]
+
+
+class Builder(Protocol):
+    def build(self, recipe: ImageRecipe, reference: str, log: Log) -> None: ...
+
+    def push(self, reference: str, credentials: Credentials | None, log: Log) -> None: ...
+
+
+def docker_client():
+    import docker
+
+    try:
+        client = docker.from_env(version="auto", timeout=600)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - every way of not reaching the engine is the same problem
+        raise InfraEnvironmentError(f"no Docker engine answers ({exc}); start one (dev/start-docker.sh does)") from None
+    return client
+
+
+class DockerBuilder:
+    def build(self, recipe: ImageRecipe, reference: str, log: Log) -> None:
+        client = docker_client()
+        lines: list[str] = []
+        stream = client.api.build(
+            fileobj=_BytesFile(recipe.context_tar()),
+            custom_context=True,
+            tag=reference,
+            network_mode="host",  # no bridge on these hosts; also what most CI runners allow
+            rm=True,
+            forcerm=True,
+            decode=True,
+            labels={"org.airflow-infra.content-hash": recipe.content_hash},
+        )
+        for chunk in stream:
+            if "stream" in chunk:
+                for line in chunk["stream"].splitlines():
+                    if line.strip():
+                        lines.append(line)
+                        log(line)
+            if "error" in chunk:
+                tail = "\n".join(lines[-15:])
+                raise InfraEnvironmentError(f"building {reference} failed: {chunk['error'].strip()}\n{tail}")
+
+    def push(self, reference: str, credentials: Credentials | None, log: Log) -> None:
+        repository, _, tag = reference.rpartition(":")
+        auth = credentials.auth_config() if credentials else None
+        last = ""
+        for chunk in docker_client().api.push(repository, tag=tag, stream=True, decode=True, auth_config=auth):
+            if "error" in chunk:
+                raise InfraEnvironmentError(f"pushing {reference} failed: {chunk['error']}")
+            status = chunk.get("status", "")
+            if status and status != last and "progress" not in chunk:
+                log(f"push: {status}")
+                last = status
+
+
+class NoBuilder:
+    """`builder: none`: images must exist already."""
+
+    def build(self, recipe: ImageRecipe, reference: str, log: Log) -> None:
+        raise InfraEnvironmentError(
+            f"image {reference} does not exist and builder is 'none'; build it first with "
+            "`airflow-infra build DAG_FILE` (e.g. in CI), or set builder: docker in infra.yaml"
+        )
+
+    def push(self, reference: str, credentials: Credentials | None, log: Log) -> None:
+        raise InfraEnvironmentError(f"builder 'none' cannot push {reference}")
+
+
+BUILDERS: dict[str, type] = {"docker": DockerBuilder, "none": NoBuilder}
+
+
+def get_builder(name: str) -> Builder:
+    if name in BUILDERS:
+        return BUILDERS[name]()
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="airflow_infra.builders"):
+        if entry.name == name:
+            return entry.load()()
+    raise InfraConfigError(f"builder {name!r} is unknown; use one of {sorted(BUILDERS)} or install its plug-in")
+
+
+class _BytesFile:
+    """The docker SDK wants a file object for a custom context."""
+
+    def __init__(self, data: bytes):
+        import io
+
+        self._io = io.BytesIO(data)
+
+    def read(self, *args):
+        return self._io.read(*args)

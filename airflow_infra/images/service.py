@@ -1,0 +1,58 @@
+"""One place that answers "which image does this environment run in, and is it there?"."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from airflow_infra.config import InfraConfig
+from airflow_infra.images.builders import docker_client, get_builder
+from airflow_infra.images.recipe import ImageRecipe, make_recipe
+from airflow_infra.images.registry import ImageRef, credentials, manifest_exists
+from airflow_infra.spec import Environment
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    recipe: ImageRecipe
+    reference: str
+
+
+def plan_image(environment: Environment, requirements_text: str | None, config: InfraConfig) -> ImagePlan:
+    recipe = make_recipe(
+        environment,
+        requirements_text=requirements_text,
+        base_image=config.base_image,
+        ca_certificate_files=config.ca_certificates,
+    )
+    return ImagePlan(recipe, recipe.reference(config.registry))
+
+
+def image_exists(reference: str, config: InfraConfig) -> bool:
+    """With a registry: one HEAD on the manifest (no pull). Without: the local engine's images."""
+    if config.registry:
+        ref = ImageRef.parse(reference)
+        return manifest_exists(reference, credentials(ref.host, config.registry_conn_id))
+    import docker.errors
+
+    try:
+        docker_client().images.get(reference)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def ensure_image(plan: ImagePlan, config: InfraConfig, log: Callable[[str], None]) -> bool:
+    """Build (and push) the image unless it exists. Returns whether it was built now."""
+    if image_exists(plan.reference, config):
+        return False
+    builder = get_builder(config.builder)
+    started = time.monotonic()
+    log(f"building {plan.reference} with the {config.builder!r} builder")
+    builder.build(plan.recipe, plan.reference, log)
+    if config.registry:
+        ref = ImageRef.parse(plan.reference)
+        builder.push(plan.reference, credentials(ref.host, config.registry_conn_id), log)
+    log(f"image {plan.reference} ready in {time.monotonic() - started:.1f}s")
+    return True

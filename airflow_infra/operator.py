@@ -354,7 +354,7 @@ class InfraOperator(BaseOperator):
                 return self._results(store, task_dir, hit, meta["resources"])
         store.write_json(task_dir / CALL_META_FILE, meta)
 
-        self._backend = backend_for(chosen.target, config.targets[chosen.target])
+        self._backend = backend_for(chosen.target, config.targets[chosen.target], config)
         job = Job(
             dag_id=self.dag_id,
             task_id=self.task_id,

@@ -44,3 +44,33 @@ class Backend(Protocol):
 
     def kill(self) -> None:
         """Stop a running call (Airflow's on_kill)."""
+
+
+def describe_exit(code: int) -> str:
+    import signal
+
+    if code < 0 or code == 137:
+        signum = -code if code < 0 else code - 128
+        hint = ": most likely out of memory (the kernel's OOM killer), raise `memory`" if signum == signal.SIGKILL else ""
+        return f"killed by {signal.Signals(signum).name}{hint}"
+    return f"exit code {code}"
+
+
+def check_exit(job: Job, code: int, elapsed: float, out: Path, *, oom_limit: int | None = None) -> None:
+    """Turn how the call's process ended into the error a user can act on (or nothing, if it wrote its outcome)."""
+    from airflow_infra import runtime
+    from airflow_infra.errors import InfraTaskFailed
+    from airflow_infra.quantities import format_bytes
+
+    timeout = job.resources.timeout
+    if timeout and elapsed >= timeout and code != 0:
+        raise InfraTaskFailed(
+            f"{job.where}: timed out after {elapsed:.0f}s (timeout={timeout:g}s); raise `timeout` or make the task faster"
+        )
+    if oom_limit is not None:
+        raise InfraTaskFailed(
+            f"{job.where}: out of memory: the task hit its memory limit of {format_bytes(oom_limit)} and was killed "
+            "(exit 137); raise `memory`"
+        )
+    if code not in (0, runtime.EXIT_USER_ERROR) and not (out / runtime.OUTCOME_FILE).exists():
+        raise InfraTaskFailed(f"{job.where}: the task process died ({describe_exit(code)}) before writing a result")

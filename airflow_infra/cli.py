@@ -1,5 +1,7 @@
-"""`airflow-infra`: look at what ran, from the artifact store (no Airflow database needed).
+"""`airflow-infra`: plan and build images for DAGs; look at what ran (no Airflow database needed).
 
+    airflow-infra plan DAG_FILE...        per task: target, why, image reference, whether it exists
+    airflow-infra build DAG_FILE...       build and push each missing image once (a CI/CD step)
     airflow-infra runs DAG_ID             runs of a DAG, newest first
     airflow-infra show DAG_ID [RUN_ID]    per task: target, outcome, requested vs measured, hints
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from airflow_infra.errors import InfraError
 from airflow_infra.quantities import format_bytes
 
 
@@ -60,10 +63,70 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plans(files: list[str], check: bool):
+    from airflow_infra.config import load_config
+    from airflow_infra.planning import attach_images, load_dags, plan_dag
+
+    config = load_config()
+    plans = [plan for path in files for dag in load_dags(path) for plan in plan_dag(dag, config)]
+    attach_images(plans, config, check=check)
+    return config, plans
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    _, plans = _plans(args.dag_files, check=not args.no_check)
+    for plan in plans:
+        label = f"{plan.dag_id}.{plan.task_id}{' (mapped)' if plan.mapped else ''}"
+        if plan.error:
+            print(f"{label}\n    error: {plan.error}")
+            continue
+        exists = {True: "exists", False: "missing", None: "not checked"}[plan.exists]
+        print(f"{label}\n    target: {plan.route.target} ({plan.kind}): {plan.route.reason}")
+        if plan.templated:
+            print(f"    templated, decided at run time: {', '.join(plan.templated)}")
+        print(f"    image: {plan.reference} ({exists}{'' if plan.needs_image else '; the local target runs without it'})")
+    return 1 if any(p.error for p in plans) else 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from airflow_infra.images.service import ensure_image, plan_image
+
+    config, plans = _plans(args.dag_files, check=False)
+    wanted = {}
+    for plan in plans:
+        if plan.error:
+            print(f"skipping {plan.dag_id}.{plan.task_id}: {plan.error}", file=sys.stderr)
+        elif plan.needs_image or args.all:
+            wanted.setdefault(plan.reference, plan)
+    built = present = 0
+    failed = []
+    for i, (reference, plan) in enumerate(sorted(wanted.items()), 1):
+        print(f"[{i}/{len(wanted)}] {reference} (for {plan.dag_id}.{plan.task_id})", flush=True)
+        try:
+            if ensure_image(plan_image(plan.environment, plan.requirements_text, config), config, lambda line: print(f"    {line}")):
+                built += 1
+            else:
+                present += 1
+                print("    present")
+        except Exception as exc:  # noqa: BLE001 - report every failure, build the rest
+            failed.append(reference)
+            print(f"    FAILED: {exc}", file=sys.stderr)
+    print(f"images: {built} built, {present} already present, {len(failed)} failed")
+    return 1 if failed or any(p.error for p in plans) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="airflow-infra", description=__doc__.splitlines()[0])
     parser.add_argument("--store", help="artifact store URL (default: from infra.yaml, else $AIRFLOW_HOME/infra/artifacts)")
     sub = parser.add_subparsers(dest="command", required=True)
+    plan = sub.add_parser("plan", help="per task: target, why, image reference, whether it exists")
+    plan.add_argument("dag_files", nargs="+", metavar="DAG_FILE")
+    plan.add_argument("--no-check", action="store_true", help="do not ask the registry/engine whether images exist")
+    plan.set_defaults(func=cmd_plan)
+    build = sub.add_parser("build", help="build and push each missing image once; non-zero exit if any fails")
+    build.add_argument("dag_files", nargs="+", metavar="DAG_FILE")
+    build.add_argument("--all", action="store_true", help="also build images for tasks the rules send to local targets")
+    build.set_defaults(func=cmd_build)
     runs = sub.add_parser("runs", help="list the runs of a DAG, newest first")
     runs.add_argument("dag_id")
     runs.set_defaults(func=cmd_runs)
@@ -76,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyError as exc:
         print(f"airflow-infra: {exc.args[0]}", file=sys.stderr)
+        return 1
+    except InfraError as exc:
+        print(f"airflow-infra: {exc}", file=sys.stderr)
         return 1
 
 

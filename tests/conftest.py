@@ -52,6 +52,29 @@ def dags(airflow_db: Path) -> DagRunner:
     return DagRunner(HOME)
 
 
+@pytest.fixture(scope="session")
+def docker_infra() -> str:
+    """A Docker engine, the base image and a registry (the dev scripts; each is idempotent).
+
+    Returns a registry namespace of this session's own, so images start out missing."""
+    for script in ("start-docker.sh", "base-image.sh", "start-registry.sh"):
+        subprocess.run(["bash", str(REPO / "dev" / script)], check=True, timeout=900)
+    return f"127.0.0.1:5000/test{os.getpid()}"
+
+
+@pytest.fixture
+def docker_yaml(infra_yaml, docker_infra):
+    """infra.yaml with a docker target and this session's registry (plus the machine's CA bundle)."""
+    certs = [os.environ["SSL_CERT_FILE"]] if os.environ.get("SSL_CERT_FILE") else []
+
+    def write(extra: str = "", namespace: str = "") -> str:
+        registry = docker_infra + namespace
+        infra_yaml(f"registry: {registry}\nca_certificates: {certs}\ntargets:\n  docker: {{kind: docker}}\n{extra}")
+        return registry
+
+    return write
+
+
 @pytest.fixture
 def infra_yaml():
     """Write $AIRFLOW_HOME/infra.yaml for one test; removed afterwards."""

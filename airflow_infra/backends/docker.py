@@ -14,6 +14,7 @@ import uuid
 from airflow_infra.backends.base import Job, check_exit
 from airflow_infra.backends.staging import staged_call
 from airflow_infra.config import DockerTarget, InfraConfig
+from airflow_infra.errors import InfraEnvironmentError
 
 
 class DockerBackend:
@@ -26,7 +27,10 @@ class DockerBackend:
         from airflow_infra.images.service import ensure_image, plan_image
 
         plan = plan_image(job.environment, job.requirements_text, self.config)
-        built = ensure_image(plan, self.config, lambda line: job.log.info("[build] %s", line))
+        try:
+            built = ensure_image(plan, self.config, lambda line: job.log.info("[build] %s", line))
+        except InfraEnvironmentError as exc:
+            raise InfraEnvironmentError(f"{job.where}: {exc}") from None
         job.log.info("image %s (%s)", plan.reference, "built now" if built else "present")
         client = docker_client()
         resources = job.resources

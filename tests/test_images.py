@@ -1,0 +1,95 @@
+"""Images from declarations, with a real Docker engine and a real registry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from airflow_infra import Environment
+from airflow_infra.config import load_config
+from airflow_infra.images.service import ensure_image, image_exists, plan_image
+from tests.dagrun import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_build_push_and_existence_check(docker_yaml):
+    registry = docker_yaml()
+    config = load_config()
+    plan = plan_image(Environment(packages=["six==1.16.0"], apt_packages=["curl"]), None, config)
+    assert plan.reference.startswith(f"{registry}/airflow-infra-env:")
+    assert not image_exists(plan.reference, config)
+    logs: list[str] = []
+    assert ensure_image(plan, config, logs.append) is True
+    assert any("Successfully built" in line for line in logs) and any("push:" in line for line in logs)
+    started = time.perf_counter()
+    assert image_exists(plan.reference, config)  # a HEAD on the registry's manifest
+    assert time.perf_counter() - started < 1.0
+    assert ensure_image(plan, config, logs.append) is False  # unchanged: nothing built
+
+
+def test_tags_follow_content_only():
+    config = load_config()
+
+    def tag(**declared) -> str:
+        return plan_image(Environment(**declared), None, config).recipe.tag
+
+    assert tag(packages=["six==1.16.0", "NumPy<2"]) == tag(packages=["numpy <2", "six==1.16.0"])
+    assert tag(packages=["six==1.16.0"]) != tag(packages=["six==1.17.0"])
+    assert tag(packages=["six==1.16.0"], env={"A": "1"}) == tag(packages=["six==1.16.0"])  # runtime only
+    assert tag(packages=["six"], apt_packages=["curl"]) != tag(packages=["six"])
+    dockerfile = plan_image(Environment(packages=["six"]), None, config).recipe.dockerfile()
+    assert "airflow" not in dockerfile.lower().replace("airflow-infra", "")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "airflow_infra.cli", *args], capture_output=True, text=True, timeout=900)
+
+
+def test_five_tasks_two_environments_build_two_images(docker_yaml):
+    docker_yaml("rules:\n  - {target: docker}\n")
+    dag_file = str(REPO / "tests" / "dags" / "infra_images.py")
+    first = cli("build", dag_file)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "images: 2 built, 0 already present, 0 failed" in first.stdout
+    again = cli("build", dag_file)
+    assert "images: 0 built, 2 already present, 0 failed" in again.stdout
+    plan = cli("plan", dag_file)
+    assert plan.returncode == 0 and plan.stdout.count("(exists)") == 5
+    assert "target: docker (docker): rule 1 (catch-all) matched" in plan.stdout
+
+
+def test_builder_none_names_task_tag_and_command(dags, docker_yaml):
+    docker_yaml("builder: none\n", namespace="-empty")  # a registry namespace nothing was pushed to
+    run = dags.test("infra_images", env={"AIRFLOW_INFRA_TARGET": "docker"})
+    assert not run.succeeded
+    assert "task 'a_0'" in run.output and "does not exist and builder is 'none'" in run.output
+    assert "airflow-infra build DAG_FILE" in run.output and "airflow-infra-env:" in run.output
+
+
+def test_docker_target_limits_and_clean_image(dags, docker_yaml):
+    docker_yaml()
+    run = dags.test("infra_docker_limits", env={"AIRFLOW_INFRA_TARGET": "docker"})
+    assert run.result("shm_size") == 64 * 2**20
+    assert "task 'oom': out of memory: the task hit its memory limit of 128Mi" in run.output
+    who = run.result("whoami")
+    assert who["airflow"] is False and who["env"] == []  # no Airflow, no settings or secrets inside
+    import os
+
+    assert who["uid"] == os.getuid()  # outputs are written as the worker's user
+
+
+@pytest.mark.parametrize(("dag_id", "conf"), [("recsys_seed", {"lr": 0.2}), ("fanout_example", {"n_shards": 3}), ("params_example", None)])
+def test_examples_on_the_docker_target(dags, docker_yaml, dag_id, conf):
+    docker_yaml()
+    run = dags.test(dag_id, conf=conf, env={"AIRFLOW_INFRA_TARGET": "docker"})
+    assert run.succeeded, run.output[-4000:]
+    last = {"recsys_seed": "ensemble", "fanout_example": "merge", "params_example": "report"}[dag_id]
+    assert run.call(last)["target"] == "docker"
+    if dag_id == "recsys_seed":
+        assert sorted(v.split(".")[0] for v in run.result("ensemble")["numpy_versions"]) == ["1", "2"]
+    if dag_id == "fanout_example":
+        assert run.result("merge") and run.call("count_words", 2)["target"] == "docker"

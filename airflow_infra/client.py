@@ -18,9 +18,14 @@ import pickle
 from functools import cached_property
 from typing import Any
 
-from airflow_infra.artifacts import CALL_META_FILE, ArtifactStore, attempt_order, path_component
-from airflow_infra.runtime import OUTCOME_FILE
+from airflow_infra.artifacts import (
+    CALL_META_FILE,
+    ArtifactStore,
+    attempt_order,
+    path_component,
+)
 from airflow_infra.cache import CACHE_DIR
+from airflow_infra.runtime import OUTCOME_FILE
 
 
 class Call:

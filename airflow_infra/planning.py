@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_infra.config import LOCAL, InfraConfig, Route, route
+from airflow_infra.config import InfraConfig, Route, route
 from airflow_infra.errors import InfraError
 from airflow_infra.operator import DECLARED_FIELDS, InfraOperator, requirements_file
 from airflow_infra.spec import Environment, build_models, is_templated
@@ -96,5 +96,3 @@ def load_dags(path: str) -> list[Any]:
         raise InfraError(f"could not parse {path}:\n{problems}")
     return sorted(bag.dags.values(), key=lambda d: d.dag_id)
 
-
-__all__ = ["LOCAL", "TaskPlan", "attach_images", "load_dags", "plan_dag"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from logging import Logger
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from airflow_infra.spec import Environment, Resources
 
@@ -29,7 +29,6 @@ class Job:
     log: Logger
     requirements_path: Path | None = None
     requirements_text: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def where(self) -> str:

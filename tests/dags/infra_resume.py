@@ -1,9 +1,13 @@
 """A DAG whose middle task fails until fixed (tests/test_resume.py)."""
 
 from __future__ import annotations
+
 import os
-from airflow.sdk import dag, Param
+
+from airflow.sdk import Param, dag
+
 from airflow_infra import infra_task
+
 
 @dag(schedule=None, catchup=False, tags=["airflow-infra-tests"], params={"work": Param("/tmp", type="string")})
 def infra_resume():

@@ -6,6 +6,7 @@ that home, with the examples and tests/dags copied into its dags folder.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -73,6 +74,26 @@ def docker_yaml(infra_yaml, docker_infra):
         return registry
 
     return write
+
+
+MOTO = "http://127.0.0.1:5001"
+AWS_CONN = json.dumps(
+    {"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"region_name": "us-east-1", "endpoint_url": MOTO}}
+)
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> str:
+    """moto's AWS server (dev/start-moto.sh) with a bucket of this session's own; `aws_default` points at it."""
+    import boto3
+
+    subprocess.run(["bash", str(REPO / "dev" / "start-moto.sh")], check=True, timeout=300)
+    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = AWS_CONN  # for this process and the `airflow dags test` it starts
+    bucket = f"airflow-infra-tests-{os.getpid()}"
+    boto3.client(
+        "s3", region_name="us-east-1", endpoint_url=MOTO, aws_access_key_id="testing", aws_secret_access_key="testing"
+    ).create_bucket(Bucket=bucket)
+    return f"s3://aws_default@{bucket}/artifacts"
 
 
 @pytest.fixture

@@ -47,10 +47,23 @@ class KubernetesTarget(_Target):
 
 
 class BatchTarget(_Target):
+    """AWS Batch through the amazon provider's BatchOperator: one job definition per image."""
+
     kind: Literal["batch"]
     job_queue: str
     aws_conn_id: str = "aws_default"
     region: str | None = None
+    job_role_arn: str | None = None
+    execution_role_arn: str | None = None
+    platform: Literal["EC2", "FARGATE"] = "EC2"
+    # Passed to SubmitJob as is, e.g. {attempts: 3, evaluateOnExit: [{onStatusReason: "Host EC2*", action: RETRY}]}
+    retry_strategy: dict[str, Any] | None = None
+    tags: dict[str, str] = {}
+    # Seconds between status polls (the hook's default is a random 1-10 s).
+    poll_interval: float | None = Field(default=None, gt=0)
+    # Hand the connection's keys to the job as environment variables. Only for local test
+    # set-ups (moto); real jobs get credentials from job_role_arn.
+    pass_credentials: bool = False
 
 
 Target = Annotated[LocalTarget | DockerTarget | KubernetesTarget | BatchTarget, Field(discriminator="kind")]

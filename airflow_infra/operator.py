@@ -366,6 +366,7 @@ class InfraOperator(BaseOperator):
             log=self.log,
             requirements_path=req_path,
             requirements_text=req_text,
+            context=context,
         )
         self._backend.run(job)
         outcome_path = task_dir / OUTCOME_FILE

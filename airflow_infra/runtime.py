@@ -55,6 +55,43 @@ def atomic_file(dest: str | os.PathLike) -> Iterator[Any]:
         raise
 
 
+def is_uri(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def plain_uri(uri: str) -> str:
+    """Drop an Airflow connection id (s3://aws_default@bucket/key -> s3://bucket/key): fsspec has no connections."""
+    scheme, _, rest = uri.partition("://")
+    head, slash, tail = rest.partition("/")
+    return f"{scheme}://{head.rpartition('@')[2]}{slash}{tail}"
+
+
+def open_read(path: str) -> Any:
+    """A readable binary file: a local path, file:// URI, or (where fsspec is installed) a remote URI."""
+    if is_uri(path):
+        import fsspec  # images for remote stores carry it
+
+        return fsspec.open(plain_uri(path), "rb").open()
+    return open(path[len("file://"):] if path.startswith("file://") else path, "rb")
+
+
+@contextmanager
+def open_write(path: str) -> Iterator[Any]:
+    """Atomic on a local filesystem (temp + rename); a single PUT on an object store."""
+    if is_uri(path):
+        import fsspec
+
+        with fsspec.open(plain_uri(path), "wb") as fh:
+            yield fh
+    else:
+        with atomic_file(path) as fh:
+            yield fh
+
+
+def join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}" if is_uri(base) else os.path.join(base, name)
+
+
 def atomic_write(dest: str | os.PathLike, data: bytes) -> None:
     """Write through a temporary file in the same directory, then rename over the target."""
     with atomic_file(dest) as fh:
@@ -76,13 +113,7 @@ def is_plain(value: Any, depth: int = 0) -> bool:
 
 def _load_ref(uri: str, local: dict[str, str]) -> Any:
     # Unpickled straight from the file: a large value is read once, not read then copied.
-    path = local.get(uri) or (uri[len("file://"):] if uri.startswith("file://") else None)
-    if path is not None:
-        with open(path, "rb") as fh:
-            return pickle.load(fh)
-    import fsspec  # only where the image put it: remote stores are read with fsspec
-
-    with fsspec.open(uri, "rb") as fh:
+    with open_read(local.get(uri) or uri) as fh:
         return pickle.load(fh)
 
 
@@ -152,10 +183,10 @@ def _write_outputs(result: Any, call: dict[str, Any], out_dir: str) -> list[dict
     described = []
     for i, (key, value) in enumerate(items):
         name = f"out-{i}.pkl"
-        path = os.path.join(out_dir, name)
+        path = join(out_dir, name)
         try:
             # Pickled straight into the file: a large value is never copied into memory first.
-            with atomic_file(path) as fh:
+            with open_write(path) as fh:
                 cloudpickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
                 size = fh.tell()
         except Exception as exc:  # noqa: BLE001 - any pickling failure is the same user problem
@@ -176,7 +207,7 @@ def _write_outputs(result: Any, call: dict[str, Any], out_dir: str) -> list[dict
 
 
 def _file_sha256(path: str) -> str:
-    with open(path, "rb") as fh:
+    with open_read(path) as fh:
         return hashlib.sha256(fh.read()).hexdigest()
 
 
@@ -189,7 +220,7 @@ def main(argv: list[str]) -> int:
             local_refs = json.load(fh)
     outcome: dict[str, Any] = {"ok": False, "python": sys.version.split()[0]}
     try:
-        with open(call_path, "rb") as fh:
+        with open_read(call_path) as fh:
             call = pickle.load(fh)
         args = resolve_refs(list(call["args"]), local_refs)
         kwargs = resolve_refs(dict(call["kwargs"]), local_refs)
@@ -209,7 +240,8 @@ def main(argv: list[str]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     outcome["metrics"] = _measure(started)
-    atomic_write(os.path.join(out_dir, OUTCOME_FILE), json.dumps(outcome, indent=1).encode())
+    with open_write(join(out_dir, OUTCOME_FILE)) as fh:
+        fh.write(json.dumps(outcome, indent=1).encode())
     return 0 if outcome["ok"] else EXIT_USER_ERROR
 
 

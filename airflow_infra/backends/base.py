@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from logging import Logger
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_infra.spec import Environment, Resources
 
@@ -29,6 +29,7 @@ class Job:
     log: Logger
     requirements_path: Path | None = None
     requirements_text: str | None = None
+    context: Any = None  # Airflow's task context, for backends that delegate to an operator
 
     @property
     def where(self) -> str:

@@ -128,10 +128,11 @@ def make_recipe(
     requirements_text: str | None,
     base_image: str,
     ca_certificate_files: list[str] | tuple[str, ...] = (),
+    extra_requirements: list[str] | tuple[str, ...] = (),
 ) -> ImageRecipe:
     from airflow_infra.local_env import runtime_requirements, uv_binary
 
-    lines = [*runtime_requirements(), *environment.packages]
+    lines = [*runtime_requirements(), *extra_requirements, *environment.packages]
     if requirements_text:
         lines += ["", "# from the task's requirements file", requirements_text.strip()]
     certificates = b"".join(Path(path).read_bytes().rstrip() + b"\n" for path in ca_certificate_files)

@@ -25,8 +25,19 @@ def plan_image(environment: Environment, requirements_text: str | None, config: 
         requirements_text=requirements_text,
         base_image=config.base_image,
         ca_certificate_files=config.ca_certificates,
+        extra_requirements=store_requirements(config),
     )
     return ImagePlan(recipe, recipe.reference(config.registry))
+
+
+def store_requirements(config: InfraConfig) -> list[str]:
+    """What the runtime needs in an image to read and write the configured store itself."""
+    url = config.artifacts or ""
+    if url.startswith(("s3://", "s3a://")):
+        from importlib.metadata import version
+
+        return [f"s3fs=={version('s3fs')}"]
+    return []
 
 
 def image_exists(reference: str, config: InfraConfig) -> bool:

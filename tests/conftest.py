@@ -96,6 +96,23 @@ def moto_s3() -> str:
     return f"s3://aws_default@{bucket}/artifacts"
 
 
+@pytest.fixture(scope="session")
+def batch_queue(moto_s3) -> str:
+    """An UNMANAGED compute environment and a job queue on moto: jobs run as Docker containers."""
+    import boto3
+
+    aws = {"region_name": "us-east-1", "endpoint_url": MOTO, "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    name = f"airflow-infra-{os.getpid()}"
+    role = boto3.client("iam", **aws).create_role(RoleName=name, AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    batch = boto3.client("batch", **aws)
+    env = batch.create_compute_environment(computeEnvironmentName=name, type="UNMANAGED", state="ENABLED", serviceRole=role)
+    batch.create_job_queue(
+        jobQueueName=name, state="ENABLED", priority=1,
+        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env["computeEnvironmentArn"]}],
+    )
+    return name
+
+
 @pytest.fixture
 def infra_yaml():
     """Write $AIRFLOW_HOME/infra.yaml for one test; removed afterwards."""

@@ -151,8 +151,8 @@ class BatchBackend:
         batch_job = described[0]
         container = batch_job.get("container", {})
         parts = [f"Batch job {job_id} ended {batch_job.get('status')}: {batch_job.get('statusReason') or 'no reason given'}"]
-        if container.get("exitCode") is not None:
-            parts.append(f"exit code {container['exitCode']}")
+        code = container.get("exitCode")
+        parts.append(f"exit code {code}" + (" (out of memory?)" if code == 137 else "") if code is not None else "no exit code reported")
         if container.get("reason"):
             parts.append(container["reason"])
         tail = self._log_tail(container.get("logStreamName"))

@@ -1,0 +1,57 @@
+"""The batch target end to end on moto: real BatchOperator, jobs as Docker containers, S3 artifacts."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from airflow_infra.client import Client
+from tests.conftest import MOTO
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def batch_yaml(docker_yaml, moto_s3, batch_queue):
+    docker_yaml(  # appended under `targets:`, so the batch target comes first
+        f"  gpu: {{kind: batch, job_queue: {batch_queue}, region: us-east-1, pass_credentials: true, poll_interval: 1}}\n"
+        f"artifacts: {moto_s3}\n"
+        "rules:\n  - {when: \"memory >= 512Mi\", target: gpu}\n  - {target: local}\n"
+    )
+    return moto_s3
+
+
+def job_definitions() -> list[dict]:
+    batch = boto3.client("batch", region_name="us-east-1", endpoint_url=MOTO, aws_access_key_id="testing", aws_secret_access_key="testing")
+    return [d for d in batch.describe_job_definitions(status="ACTIVE")["jobDefinitions"] if d["jobDefinitionName"].startswith("airflow-infra-gpu")]
+
+
+def test_seed_scenario_mixes_local_and_batch(dags, batch_yaml):
+    run = dags.test("recsys_seed", conf={"lr": 0.2})
+    assert run.succeeded, run.output[-5000:]
+    stored = Client(batch_yaml).run("recsys_seed", run.run_id)
+    assert {t: stored[t].target for t in ("load", "fit_a", "fit_b", "ensemble")} == {
+        "load": "local", "fit_a": "gpu", "fit_b": "gpu", "ensemble": "local"
+    }
+    assert sorted(v.split(".")[0] for v in stored["ensemble"].result["numpy_versions"]) == ["1", "2"]
+    # The job's CloudWatch log is in the task log, through BatchOperator.
+    assert "fit_b: gradient descent with numpy 2." in run.output
+    definitions = job_definitions()
+    assert len(definitions) >= 2
+    images = {d["containerProperties"]["image"] for d in definitions}
+
+    again = dags.test("recsys_seed", conf={"lr": 0.2})
+    assert again.succeeded
+    assert "registered job definition" not in again.output  # reused, not registered again
+    assert len(job_definitions()) == len(definitions)
+    assert images == {d["containerProperties"]["image"] for d in job_definitions()}
+
+
+def test_failed_jobs_are_explained(dags, batch_yaml):
+    run = dags.test("infra_batch_failures")
+    assert not run.succeeded
+    # The function's own exception comes back through the store, with its traceback.
+    assert "task 'raises': the function raised ValueError: bad input on batch" in run.output
+    # A job that died without a result: status reason, exit code and the tail of its log.
+    assert "task 'dies': Batch job" in run.output and "ended FAILED" in run.output
+    assert "exit code" in run.output and "about to die" in run.output

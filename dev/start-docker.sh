@@ -2,6 +2,7 @@
 # Start a Docker engine on this machine if none answers (Debian's docker.io, as root).
 # Containers and builds use host networking: there is no bridge here.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 if docker info >/dev/null 2>&1; then exit 0; fi
 if ! command -v dockerd >/dev/null 2>&1; then
     apt-get update -qq
@@ -9,10 +10,4 @@ if ! command -v dockerd >/dev/null 2>&1; then
 fi
 log=${DOCKERD_LOG:-/tmp/airflow-infra-dockerd.log}
 setsid dockerd --iptables=false --ip6tables=false --bridge=none >"$log" 2>&1 < /dev/null &
-for _ in $(seq 1 60); do
-    if docker info >/dev/null 2>&1; then echo "docker engine up"; exit 0; fi
-    sleep 0.5
-done
-echo "dockerd did not come up; its log:" >&2
-tail -20 "$log" >&2
-exit 1
+wait_until "docker engine" "$log" docker info

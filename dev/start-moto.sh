@@ -3,15 +3,10 @@
 # answers there. With host networking its Batch backend runs job containers on the local
 # Docker engine. Needs .venv (bash dev/setup.sh).
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 port=${MOTO_PORT:-5001}
 if curl -fsS "http://127.0.0.1:$port/moto-api/" >/dev/null 2>&1; then exit 0; fi
 log=${MOTO_LOG:-/tmp/airflow-infra-moto.log}
 MOTO_DOCKER_NETWORK_MODE=host setsid .venv/bin/moto_server -H 127.0.0.1 -p "$port" >"$log" 2>&1 < /dev/null &
-for _ in $(seq 1 60); do
-    if curl -fsS "http://127.0.0.1:$port/moto-api/" >/dev/null 2>&1; then echo "moto up on 127.0.0.1:$port"; exit 0; fi
-    sleep 0.25
-done
-echo "moto did not come up; its log:" >&2
-tail -20 "$log" >&2
-exit 1
+wait_until "moto on 127.0.0.1:$port" "$log" curl -fsS "http://127.0.0.1:$port/moto-api/"

@@ -2,6 +2,7 @@
 # Start a local OCI registry (Debian's docker-registry) on 127.0.0.1:${REGISTRY_PORT:-5000}
 # with filesystem storage, unless one already answers there.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 port=${REGISTRY_PORT:-5000}
 if curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1; then exit 0; fi
 if ! command -v docker-registry >/dev/null 2>&1; then
@@ -19,10 +20,4 @@ storage:
 http: {addr: 127.0.0.1:$port}
 YAML
 setsid docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 < /dev/null &
-for _ in $(seq 1 40); do
-    if curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1; then echo "registry up on 127.0.0.1:$port"; exit 0; fi
-    sleep 0.25
-done
-echo "registry did not come up; its log:" >&2
-tail -20 "$dir/registry.log" >&2
-exit 1
+wait_until "registry on 127.0.0.1:$port" "$dir/registry.log" curl -fsS "http://127.0.0.1:$port/v2/"

@@ -78,14 +78,20 @@ class ArtifactStore:
         """The filesystem path of a location in a local store."""
         return Path(path.path)
 
-    def task_dir(self, dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int) -> ObjectStoragePath:
+    def task_dir(
+        self, dag_id: str, run_id: str, task_id: str, map_index: int, try_number: int, *, fresh: bool = True
+    ) -> ObjectStoragePath:
         """A fresh folder for this call: `{try}`, or `{try}-2`, `{try}-3`... when that try ran
-        before (`airflow tasks test` re-runs a try without counting it): nothing is overwritten."""
+        before (`airflow tasks test` re-runs a try without counting it): nothing is overwritten.
+        With fresh=False: the latest existing folder of this try (to resume a deferred call)."""
         base = self.root / path_component(dag_id) / path_component(run_id) / path_component(task_id) / str(map_index)
         path, attempt = base / str(try_number), 1
         while self.exists(path / CALL_META_FILE):
+            previous = path
             attempt += 1
             path = base / f"{try_number}-{attempt}"
+            if not fresh and not self.exists(path / CALL_META_FILE):
+                return previous
         return path
 
     def uri(self, path: ObjectStoragePath) -> str:

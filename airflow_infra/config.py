@@ -61,6 +61,8 @@ class BatchTarget(_Target):
     tags: dict[str, str] = {}
     # Seconds between status polls (the hook's default is a random 1-10 s).
     poll_interval: float | None = Field(default=None, gt=0)
+    # Wait for the job in the triggerer instead of holding a worker slot.
+    deferrable: bool = False
     # Hand the connection's keys to the job as environment variables. Only for local test
     # set-ups (moto); real jobs get credentials from job_role_arn.
     pass_credentials: bool = False

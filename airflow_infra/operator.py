@@ -302,7 +302,7 @@ class InfraOperator(BaseOperator):
         return roots
 
     def execute(self, context: Any) -> Any:
-        from airflow_infra.artifacts import CALL_FILE, CALL_META_FILE, OUTCOME_FILE, ArtifactStore, find_refs
+        from airflow_infra.artifacts import CALL_FILE, CALL_META_FILE, ArtifactStore, find_refs
         from airflow_infra.backends import Job, backend_for
         from airflow_infra.codeship import code_fingerprint, dumps_call
         from airflow_infra.config import artifacts_url, load_config, route
@@ -368,12 +368,44 @@ class InfraOperator(BaseOperator):
             requirements_text=req_text,
             context=context,
         )
-        self._backend.run(job)
+        self._backend.run(job)  # a deferrable backend may defer here; execute_complete resumes
+        return self._finish(store, task_dir, meta)
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        """Resume after a backend deferred (e.g. a Batch job in deferrable mode)."""
+        from airflow_infra.artifacts import CALL_META_FILE, ArtifactStore
+        from airflow_infra.backends import Job, backend_for
+        from airflow_infra.config import artifacts_url, load_config
+
+        config = load_config()
+        store = ArtifactStore(artifacts_url(config))
+        ti = context["ti"]
+        task_dir = store.task_dir(self.dag_id, context["run_id"], self.task_id, ti.map_index, ti.try_number, fresh=False)
+        meta = store.read_json(task_dir / CALL_META_FILE)
+        backend = backend_for(meta["target"], config.targets[meta["target"]], config)
+        job = Job(
+            dag_id=self.dag_id,
+            task_id=self.task_id,
+            environment=Environment(**meta["environment"]),
+            resources=Resources(**meta["resources"]),
+            store=store,
+            task_dir=task_dir,
+            refs=[],
+            log=self.log,
+            context=context,
+        )
+        backend.resume(job, event)
+        return self._finish(store, task_dir, meta)
+
+    def _finish(self, store: Any, task_dir: Any, meta: dict[str, Any]) -> Any:
+        """Read the outcome the call left in the store; record it in the cache if asked to."""
+        from airflow_infra.artifacts import OUTCOME_FILE
+
         outcome_path = task_dir / OUTCOME_FILE
         if not store.exists(outcome_path):
             raise InfraTaskFailed(f"{where(self.dag_id, self.task_id)}: the task finished without writing {outcome_path}")
-        outcome = store.read_json(outcome_path)
-        result = self._results(store, task_dir, outcome, meta["resources"])
+        result = self._results(store, task_dir, store.read_json(outcome_path), meta["resources"])
+        key = meta.get("cache", {}).get("key")
         if key is not None:
             from airflow_infra.cache import record
 

@@ -11,14 +11,19 @@ from tests.conftest import MOTO
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def batch_yaml(docker_yaml, moto_s3, batch_queue):
+def write_batch_yaml(docker_yaml, moto_s3: str, queue: str, deferrable: bool = False) -> str:
     docker_yaml(  # appended under `targets:`, so the batch target comes first
-        f"  gpu: {{kind: batch, job_queue: {batch_queue}, region: us-east-1, pass_credentials: true, poll_interval: 1}}\n"
+        f"  gpu: {{kind: batch, job_queue: {queue}, region: us-east-1, pass_credentials: true, poll_interval: 1, "
+        f"deferrable: {str(deferrable).lower()}}}\n"
         f"artifacts: {moto_s3}\n"
         "rules:\n  - {when: \"memory >= 512Mi\", target: gpu}\n  - {target: local}\n"
     )
     return moto_s3
+
+
+@pytest.fixture
+def batch_yaml(docker_yaml, moto_s3, batch_queue):
+    return write_batch_yaml(docker_yaml, moto_s3, batch_queue)
 
 
 def job_definitions() -> list[dict]:
@@ -55,3 +60,12 @@ def test_failed_jobs_are_explained(dags, batch_yaml):
     # A job that died without a result: status reason, exit code and the tail of its log.
     assert "task 'dies': Batch job" in run.output and "ended FAILED" in run.output
     assert "exit code" in run.output and "about to die" in run.output
+
+
+def test_deferrable_mode_resumes_from_the_store(dags, docker_yaml, moto_s3, batch_queue):
+    store = write_batch_yaml(docker_yaml, moto_s3, batch_queue, deferrable=True)
+    run = dags.test("infra_batch_failures")  # one task raises, one dies: both must resume and explain
+    assert "task 'raises': the function raised ValueError: bad input on batch" in run.output
+    assert "task 'dies': Batch job" in run.output and "about to die" in run.output
+    assert "BatchJobTrigger" in run.output or "defer" in run.output.lower()
+    assert Client(store).run("infra_batch_failures", run.run_id)["raises"].target == "gpu"

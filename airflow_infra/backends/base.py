@@ -45,6 +45,9 @@ class Backend(Protocol):
     def kill(self) -> None:
         """Stop a running call (Airflow's on_kill)."""
 
+    def resume(self, job: Job, event: dict[str, Any] | None) -> None:
+        """Finish a call this backend deferred; on return, outcome.json is in the store (or it raises)."""
+
 
 def describe_exit(code: int) -> str:
     import signal

@@ -12,6 +12,8 @@ import hashlib
 import re
 from typing import Any
 
+from airflow.sdk.exceptions import TaskDeferred
+
 from airflow_infra.artifacts import CALL_FILE, OUTCOME_FILE
 from airflow_infra.backends.base import Job
 from airflow_infra.config import BatchTarget, InfraConfig
@@ -75,7 +77,7 @@ def resource_requirements(job: Job) -> list[dict[str, str]]:
 class BatchBackend:
     def __init__(self, name: str, target: BatchTarget, config: InfraConfig):
         self.name, self.target, self.config = name, target, config
-        self._operator = None
+        self._operator_running = None
 
     def _job_environment(self, job: Job, hook: Any) -> list[dict[str, str]]:
         env = dict(job.environment.env)
@@ -91,9 +93,27 @@ class BatchBackend:
                 env["AWS_SESSION_TOKEN"] = creds.token
         return [{"name": k, "value": v} for k, v in sorted(env.items())]
 
-    def run(self, job: Job) -> None:
+    def _operator(self, job: Job) -> Any:
         from airflow.providers.amazon.aws.operators.batch import BatchOperator
 
+        operator = BatchOperator(
+            task_id=re.sub(r"[^A-Za-z0-9_.-]", "_", f"{job.task_id}.batch")[:250],
+            job_name=re.sub(r"[^A-Za-z0-9_-]", "-", f"{job.dag_id}-{job.task_id}")[:128],
+            job_definition="pending",
+            job_queue=self.target.job_queue,
+            aws_conn_id=self.target.aws_conn_id,
+            region_name=self.target.region,
+            tags=self.target.tags,
+            retry_strategy=self.target.retry_strategy,
+            awslogs_enabled=True,  # the job's CloudWatch log lands in the task log
+            deferrable=self.target.deferrable,
+            poll_interval=int(self.target.poll_interval or 30),
+        )
+        if self.target.poll_interval:
+            operator.hook.DEFAULT_DELAY_MIN = operator.hook.DEFAULT_DELAY_MAX = self.target.poll_interval
+        return operator
+
+    def run(self, job: Job) -> None:
         from airflow_infra.images.service import ensure_image, plan_image
 
         if job.store.is_local:
@@ -106,19 +126,7 @@ class BatchBackend:
             ensure_image(plan, self.config, lambda line: job.log.info("[build] %s", line))
         except InfraEnvironmentError as exc:
             raise InfraEnvironmentError(f"{job.where}: {exc}") from None
-        operator = BatchOperator(
-            task_id=re.sub(r"[^A-Za-z0-9_.-]", "_", f"{job.task_id}.batch")[:250],
-            job_name=re.sub(r"[^A-Za-z0-9_-]", "-", f"{job.dag_id}-{job.task_id}")[:128],
-            job_definition="pending",
-            job_queue=self.target.job_queue,
-            aws_conn_id=self.target.aws_conn_id,
-            region_name=self.target.region,
-            tags=self.target.tags,
-            retry_strategy=self.target.retry_strategy,
-            awslogs_enabled=True,  # the job's CloudWatch log lands in the task log
-        )
-        if self.target.poll_interval:
-            operator.hook.DEFAULT_DELAY_MIN = operator.hook.DEFAULT_DELAY_MAX = self.target.poll_interval
+        operator = self._operator(job)
         client = operator.hook.client
         operator.job_definition = ensure_job_definition(
             client, _definition_name(self.name, plan.reference), self.target, plan.reference, job.resources.shm,
@@ -132,15 +140,29 @@ class BatchBackend:
         }
         if job.resources.timeout:
             operator.submit_job_timeout = max(60, int(job.resources.timeout))  # Batch's minimum
-        self._operator = operator
+        self._operator_running = operator
         try:
+            # In deferrable mode this raises TaskDeferred after submitting: Airflow then calls
+            # InfraOperator.execute_complete, which comes back to resume() below.
             operator.execute(job.context)
+        except TaskDeferred:
+            raise
         except Exception as exc:  # noqa: BLE001 - explained below, unless the call reported its own error
-            if job.store.exists(job.task_dir / OUTCOME_FILE):
-                return  # the function failed and said why: the operator reports that
-            raise InfraTaskFailed(f"{job.where}: {self._explain(client, operator.job_id, exc)}") from None
+            self._fail(job, client, operator.job_id, exc)
         finally:
-            self._operator = None
+            self._operator_running = None
+
+    def resume(self, job: Job, event: dict[str, Any] | None) -> None:
+        operator = self._operator(job)
+        try:
+            operator.execute_complete(job.context, event)  # fetches the job's log, checks its status
+        except Exception as exc:  # noqa: BLE001
+            self._fail(job, operator.hook.client, operator.job_id or (event or {}).get("job_id"), exc)
+
+    def _fail(self, job: Job, client: Any, job_id: str | None, exc: Exception) -> None:
+        if job.store.exists(job.task_dir / OUTCOME_FILE):
+            return  # the function failed and said why: InfraOperator reports that
+        raise InfraTaskFailed(f"{job.where}: {self._explain(client, job_id, exc)}") from None
 
     def _explain(self, client: Any, job_id: str | None, exc: Exception) -> str:
         if not job_id:
@@ -171,5 +193,5 @@ class BatchBackend:
         return "\n".join(e["message"] for e in events[-lines:])
 
     def kill(self) -> None:
-        if self._operator is not None:
-            self._operator.on_kill()  # terminates the job
+        if self._operator_running is not None:
+            self._operator_running.on_kill()  # terminates the job

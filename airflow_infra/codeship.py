@@ -40,11 +40,11 @@ def local_modules(fn: Callable, roots: Iterable[str]) -> list[ModuleType]:
     return list(found.values())
 
 
-def dumps_call(fn: Callable, args: list, kwargs: dict, *, roots: Iterable[str], **options: Any) -> bytes:
-    """Pickle {fn, args, kwargs, **options} with the DAG's own modules shipped by value."""
+def dumps_call(fn: Callable, args: list, kwargs: dict, *, modules: Iterable[ModuleType], **options: Any) -> bytes:
+    """Pickle {fn, args, kwargs, **options} with `modules` (see local_modules) shipped by value."""
     import cloudpickle
 
-    modules = local_modules(fn, roots)
+    modules = list(modules)
     options["sources"] = _sources(modules)
     registered = []
     try:
@@ -107,7 +107,7 @@ def loads_plain(blob: bytes) -> Any:
 _SIMPLE = (int, float, str, bytes, bool, type(None))
 
 
-def code_fingerprint(fn: Callable, roots: Iterable[str]) -> str:
+def code_fingerprint(fn: Callable, modules: Iterable[ModuleType]) -> str:
     """A stable hash of the code a call runs: the function's source, the sources of the
     functions and classes it uses from the DAG's own modules, and the simple constants it
     reads. Installed packages count by name only (their versions are in the environment hash).
@@ -117,7 +117,7 @@ def code_fingerprint(fn: Callable, roots: Iterable[str]) -> str:
     import hashlib
     import inspect
 
-    shipped = {m.__name__ for m in local_modules(fn, roots)}
+    shipped = {m.__name__ for m in modules}
     parts: list[str] = []
     seen: set[int] = set()
 

@@ -304,7 +304,7 @@ class InfraOperator(BaseOperator):
     def execute(self, context: Any) -> Any:
         from airflow_infra.artifacts import CALL_FILE, CALL_META_FILE, ArtifactStore, find_refs
         from airflow_infra.backends import Job, backend_for
-        from airflow_infra.codeship import code_fingerprint, dumps_call
+        from airflow_infra.codeship import code_fingerprint, dumps_call, local_modules
         from airflow_infra.config import artifacts_url, load_config, route
 
         environment, resources = build_models(self.dag_id, self.task_id, self._declared(), skip_templated=False)
@@ -320,12 +320,12 @@ class InfraOperator(BaseOperator):
         store = ArtifactStore(artifacts_url(config))
         task_dir = store.task_dir(self.dag_id, context["run_id"], self.task_id, ti.map_index, ti.try_number)
         req_path, req_text = self._requirements(environment)
-        roots = self._code_roots()
+        modules = local_modules(self.python_callable, self._code_roots())  # the DAG's own code, shipped by value
         blob = dumps_call(
             self.python_callable,
             args,
             kwargs,
-            roots=roots,
+            modules=modules,
             multiple_outputs=self.multiple_outputs,
             xcom_max_bytes=config.xcom_max_bytes,
         )
@@ -336,7 +336,7 @@ class InfraOperator(BaseOperator):
             "map_index": ti.map_index,
             "try_number": ti.try_number,
             "function": f"{self.python_callable.__module__}.{self.python_callable.__qualname__}",
-            "code_fingerprint": code_fingerprint(self.python_callable, roots),
+            "code_fingerprint": code_fingerprint(self.python_callable, modules),
             "target": chosen.target,
             "routing_reason": chosen.reason,
             "environment": environment.model_dump(mode="json"),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from logging import Logger
 from pathlib import Path
@@ -47,6 +50,20 @@ class Backend(Protocol):
 
     def resume(self, job: Job, event: dict[str, Any] | None) -> None:
         """Finish a call this backend deferred; on return, outcome.json is in the store (or it raises)."""
+
+
+@contextmanager
+def deadline(seconds: float | None, on_expiry: Callable[[], None]) -> Iterator[None]:
+    """Call on_expiry (from a timer thread) if the block is still running after `seconds`."""
+    timer = threading.Timer(seconds, on_expiry) if seconds else None
+    if timer:
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer:
+            timer.cancel()
 
 
 def describe_exit(code: int) -> str:

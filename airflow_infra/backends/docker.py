@@ -7,11 +7,10 @@ and shm as container limits, so a DAG can be tried locally exactly as production
 from __future__ import annotations
 
 import os
-import threading
 import time
 import uuid
 
-from airflow_infra.backends.base import Job, check_exit
+from airflow_infra.backends.base import Job, check_exit, deadline
 from airflow_infra.backends.staging import staged_call
 from airflow_infra.config import DockerTarget, InfraConfig
 from airflow_infra.errors import InfraEnvironmentError
@@ -52,26 +51,21 @@ class DockerBackend:
                 shm_size=resources.shm,
                 labels={"org.airflow-infra.dag": job.dag_id, "org.airflow-infra.task": job.task_id},
             )
-            watchdog = threading.Timer(resources.timeout, self.kill) if resources.timeout else None
-            if watchdog:
-                watchdog.daemon = True
-                watchdog.start()
             started = time.monotonic()
             try:
-                pending = b""
-                for chunk in self._container.logs(stream=True, follow=True):
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        job.log.info("%s", line.decode(errors="replace"))
-                if pending:
-                    job.log.info("%s", pending.decode(errors="replace"))
-                code = self._container.wait()["StatusCode"]
+                with deadline(resources.timeout, self.kill):
+                    pending = b""
+                    for chunk in self._container.logs(stream=True, follow=True):
+                        pending += chunk
+                        *lines, pending = pending.split(b"\n")
+                        for line in lines:
+                            job.log.info("%s", line.decode(errors="replace"))
+                    if pending:
+                        job.log.info("%s", pending.decode(errors="replace"))
+                    code = self._container.wait()["StatusCode"]
                 self._container.reload()
                 oom = self._container.attrs["State"].get("OOMKilled", False)
             finally:
-                if watchdog:
-                    watchdog.cancel()
                 self._container.remove(force=True)
                 self._container = None
             check_exit(job, code, time.monotonic() - started, staged.out, oom_limit=resources.memory if oom else None)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
-from airflow_infra.backends.base import Job, check_exit
+from airflow_infra.backends.base import Job, check_exit, deadline
 from airflow_infra.backends.runtime_server import RuntimeServer, ServerGone, forget, server_for
 from airflow_infra.backends.staging import StagedCall, staged_call
 from airflow_infra.config import LocalTarget, env_cache_dir
@@ -36,21 +35,15 @@ class LocalBackend:
             self._execute(job, python, staged)
 
     def _execute(self, job: Job, python: Path, staged: StagedCall) -> None:
-        timeout = job.resources.timeout
         self._server = server_for(python, child_environ({}))
-        watchdog = threading.Timer(timeout, self.kill) if timeout else None
-        if watchdog:
-            watchdog.daemon = True
-            watchdog.start()
         started = time.monotonic()
         try:
-            code = self._server.call(staged.argv, staged.scratch, job.environment.env, lambda line: job.log.info("%s", line))
+            with deadline(job.resources.timeout, self.kill):
+                code = self._server.call(staged.argv, staged.scratch, job.environment.env, lambda line: job.log.info("%s", line))
         except ServerGone as exc:
             forget(python)
             raise InfraTaskFailed(f"{job.where}: the task's runtime process died ({exc}) before writing a result") from None
         finally:
-            if watchdog:
-                watchdog.cancel()
             self._server = None
         check_exit(job, code, time.monotonic() - started, staged.out)
 

@@ -9,6 +9,7 @@ point group `airflow_infra.builders`.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Protocol
 
@@ -41,7 +42,7 @@ class DockerBuilder:
         client = docker_client()
         lines: list[str] = []
         stream = client.api.build(
-            fileobj=_BytesFile(recipe.context_tar()),
+            fileobj=io.BytesIO(recipe.context_tar()),
             custom_context=True,
             tag=reference,
             network_mode="host",  # no bridge on these hosts; also what most CI runners allow
@@ -98,15 +99,3 @@ def get_builder(name: str) -> Builder:
         if entry.name == name:
             return entry.load()()
     raise InfraConfigError(f"builder {name!r} is unknown; use one of {sorted(BUILDERS)} or install its plug-in")
-
-
-class _BytesFile:
-    """The docker SDK wants a file object for a custom context."""
-
-    def __init__(self, data: bytes):
-        import io
-
-        self._io = io.BytesIO(data)
-
-    def read(self, *args):
-        return self._io.read(*args)

@@ -33,14 +33,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(call) -> str:
-    if call.outcome is None:
-        return "running/unfinished"
-    if call.cache_hit:
-        return f"cache hit (from {call.cache_hit['run_id']})"
-    return "ok" if call.ok else f"failed: {call.error.get('type')}: {call.error.get('message')}"
-
-
 def cmd_show(args: argparse.Namespace) -> int:
     from airflow_infra.rightsizing import advice
 
@@ -52,7 +44,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             call = task[index]
             label = task_id if index < 0 else f"{task_id}[{index}]"
             req, met = call.requested, call.metrics
-            print(f"  {label}: {_status(call)} on {call.target!r} (try {call.try_number})")
+            print(f"  {label}: {call.status} on {call.target!r} (try {call.try_number})")
             print(
                 f"      memory {format_bytes(met.get('peak_memory_bytes'))} of {format_bytes(req.get('memory'))} requested; "
                 f"cpu {met.get('cpu_seconds', 0.0):.2f}s in {met.get('wall_seconds', 0.0):.2f}s "

@@ -78,6 +78,15 @@ class Call:
         return (self.outcome or {}).get("cache_hit")
 
     @property
+    def status(self) -> str:
+        """One line: unfinished, a cache hit, ok, or the failure."""
+        if self.outcome is None:
+            return "running/unfinished"
+        if self.cache_hit:
+            return f"cache hit (from {self.cache_hit['run_id']})"
+        return "ok" if self.ok else f"failed: {self.error.get('type')}: {self.error.get('message')}"
+
+    @property
     def outputs(self) -> dict[str, Any]:
         """Every output by key (one, `return_value`, unless the task had multiple outputs)."""
         if not self.ok:

@@ -12,7 +12,7 @@ from typing import Any
 from airflow_infra.config import InfraConfig, Route, route
 from airflow_infra.errors import InfraError
 from airflow_infra.operator import DECLARED_FIELDS, InfraOperator, requirements_file
-from airflow_infra.spec import Environment, build_models, is_templated
+from airflow_infra.spec import Environment, Resources, build_models, is_templated
 
 
 @dataclass
@@ -24,14 +24,21 @@ class TaskPlan:
     kind: str | None
     environment: Environment | None
     requirements_text: str | None
-    templated: list[str]
+    # Templated declarations as written, e.g. {"memory": "{{ params.memory }}"}: decided at run time.
+    templates: dict[str, str]
     error: str | None = None
     reference: str | None = None
     exists: bool | None = None
+    # The declared resources known at parse time (templated ones are left out: see `templates`).
+    resources: Resources | None = None
 
     @property
     def needs_image(self) -> bool:
         return self.kind not in (None, "local")
+
+    @property
+    def templated(self) -> list[str]:
+        return list(self.templates)
 
 
 def _declared(task: Any) -> tuple[dict[str, Any], str, bool] | None:
@@ -53,11 +60,11 @@ def plan_dag(dag: Any, config: InfraConfig) -> list[TaskPlan]:
         if found is None:
             continue
         declared, target, mapped = found
-        templated = sorted(k for k, v in declared.items() if is_templated(v))
-        plan = TaskPlan(dag.dag_id, task.task_id, mapped, None, None, None, None, templated)
+        templates = {k: v for k, v in sorted(declared.items()) if is_templated(v)}
+        plan = TaskPlan(dag.dag_id, task.task_id, mapped, None, None, None, None, templates)
         try:
             environment, resources = build_models(dag.dag_id, task.task_id, declared, skip_templated=True)
-            plan.environment = environment
+            plan.environment, plan.resources = environment, resources
             if environment.requirements:
                 plan.requirements_text = requirements_file(dag.fileloc, environment.requirements).read_text()
             plan.route = route(config, resources, target, dag.dag_id, task.task_id)

@@ -1,0 +1,193 @@
+// The airflow-infra plugin page: plain JS, no build step. Reads the plugin's JSON API with the
+// Airflow UI's session cookie; `?dag_id=...` shows one DAG (the DAG tab).
+"use strict";
+
+(function () {
+  const content = document.getElementById("content");
+  const dagId = new URLSearchParams(location.search).get("dag_id");
+  const airflowRoot = location.pathname.replace(/\/infra(\/.*)?$/, "");
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  }
+
+  function bytes(n) {
+    if (n === null || n === undefined) return "-";
+    const units = [["Ti", 2 ** 40], ["Gi", 2 ** 30], ["Mi", 2 ** 20], ["Ki", 2 ** 10]];
+    for (const [suffix, factor] of units) {
+      if (n >= factor) return (n % factor === 0 ? n / factor : (n / factor).toFixed(1)) + suffix;
+    }
+    return String(n);
+  }
+
+  function seconds(s) {
+    if (s === null || s === undefined) return "-";
+    if (s < 120) return `${+s.toFixed(2)}s`;
+    if (s < 7200) return `${+(s / 60).toFixed(1)}m`;
+    return `${+(s / 3600).toFixed(1)}h`;
+  }
+
+  class AuthError extends Error {}
+
+  async function getJSON(url) {
+    const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+    if (response.status === 401 || response.status === 403) throw new AuthError(`${response.status}`);
+    if (!response.ok) throw new Error(`${url}: HTTP ${response.status} ${await response.text()}`);
+    return response.json();
+  }
+
+  function requestedList(requested, templated) {
+    const parts = [];
+    if (requested.cpu !== undefined) parts.push(`cpu ${requested.cpu}`);
+    if (requested.memory !== undefined) parts.push(`memory ${bytes(requested.memory)}`);
+    if (requested.gpu) parts.push(`gpu ${requested.gpu}${requested.gpu_type ? " " + requested.gpu_type : ""}`);
+    if (requested.disk !== undefined) parts.push(`disk ${bytes(requested.disk)}`);
+    if (requested.shm !== undefined) parts.push(`shm ${bytes(requested.shm)}`);
+    if (requested.timeout !== undefined) parts.push(`timeout ${seconds(requested.timeout)}`);
+    const items = parts.map((p) => el("div", {}, p));
+    for (const [field, template] of Object.entries(templated || {})) {
+      items.push(el("div", { class: "why" }, `${field} = `, el("code", {}, template), " (at run time)"));
+    }
+    return items.length ? items : [el("span", { class: "why" }, "nothing declared")];
+  }
+
+  function imageCell(plan) {
+    if (!plan.image) return "-";
+    let badge;
+    if (!plan.needs_image) badge = el("span", { class: "badge none" }, "not needed here");
+    else if (plan.exists === true) badge = el("span", { class: "badge ok" }, "exists");
+    else if (plan.exists === false) badge = el("span", { class: "badge bad" }, "missing");
+    else badge = el("span", { class: "badge none" }, "not checked");
+    return [el("code", {}, plan.image), badge];
+  }
+
+  function environmentCell(env) {
+    if (!env) return "-";
+    const lines = [];
+    if (env.packages.length) lines.push(el("div", {}, el("code", {}, env.packages.join(", "))));
+    if (env.requirements) lines.push(el("div", {}, "requirements ", el("code", {}, env.requirements)));
+    if (env.apt_packages.length) lines.push(el("div", {}, "apt ", el("code", {}, env.apt_packages.join(", "))));
+    if (env.python) lines.push(el("div", {}, `python ${env.python}`));
+    if (env.base_image) lines.push(el("div", {}, "base ", el("code", {}, env.base_image)));
+    if (env.env.length) lines.push(el("div", { class: "why" }, `env: ${env.env.join(", ")}`));
+    return lines.length ? lines : el("span", { class: "why" }, "default environment");
+  }
+
+  function targetCell(plan) {
+    const name = plan.kind === plan.target ? plan.target : `${plan.target} (${plan.kind})`;
+    return el("td", {}, el("div", {}, name), el("div", { class: "why" }, plan.reason));
+  }
+
+  function planRow(plan) {
+    const task = el("td", {}, el("strong", {}, plan.task_id), plan.mapped ? el("div", { class: "why" }, "mapped") : null);
+    if (!plan.target) return el("tr", { "data-task-id": plan.task_id }, task, el("td", { colspan: "4", class: "error" }, plan.error));
+    return el(
+      "tr",
+      { "data-task-id": plan.task_id },
+      task,
+      targetCell(plan),
+      el("td", {}, imageCell(plan), plan.error ? el("div", { class: "error" }, plan.error) : null),
+      el("td", {}, requestedList(plan.requested, plan.templated)),
+      el("td", {}, environmentCell(plan.environment)),
+    );
+  }
+
+  function table(className, headings, rows) {
+    return el(
+      "table",
+      { class: className },
+      el("thead", {}, el("tr", {}, headings.map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows),
+    );
+  }
+
+  function planTable(plans) {
+    return table("plan", ["Task", "Target and why", "Image", "Requested", "Environment"], plans.map(planRow));
+  }
+
+  function usage(call) {
+    const req = call.requested || {};
+    const met = call.measured || {};
+    const peak = met.peak_memory_bytes;
+    const memory = el("td", {}, bytes(peak), " of ", bytes(req.memory));
+    if (peak && req.memory && peak > req.memory) memory.classList.add("over");
+    const used = met.wall_seconds ? (met.cpu_seconds || 0) / met.wall_seconds : null;
+    const cpu = el("td", {}, used === null ? "-" : `${used.toFixed(2)} cores`, " of ", req.cpu === undefined || req.cpu === null ? "-" : String(req.cpu));
+    return [memory, cpu, el("td", {}, seconds(met.wall_seconds))];
+  }
+
+  function runsTable(runs) {
+    const rows = [];
+    for (const run of runs) {
+      for (const call of run.calls) {
+        rows.push(
+          el(
+            "tr",
+            {},
+            el("td", {}, el("code", {}, run.run_id), el("div", { class: "why" }, run.submitted_at)),
+            el("td", {}, call.map_index >= 0 ? `${call.task_id}[${call.map_index}]` : call.task_id),
+            el("td", {}, call.target),
+            el("td", { class: call.ok ? "" : "error" }, call.status, call.try_number > 1 ? ` (try ${call.try_number})` : ""),
+            usage(call),
+            el("td", {}, call.hints.map((h) => el("div", { class: "hint" }, h))),
+          ),
+        );
+      }
+    }
+    const headings = ["Run", "Task", "Target", "Outcome", "Peak memory of requested", "CPU used of requested", "Wall", "Hints"];
+    return table("runs", headings, rows);
+  }
+
+  async function fillRuns(section, id) {
+    const holder = el("div", {}, el("p", { class: "note" }, "Loading runs…"));
+    section.append(el("h3", {}, "Recent runs: measured vs requested"), holder);
+    try {
+      const data = await getJSON(`api/dags/${encodeURIComponent(id)}/runs?limit=5`);
+      holder.replaceChildren(
+        data.runs.length ? runsTable(data.runs) : el("p", { class: "note" }, "No runs in the artifact store yet."),
+      );
+    } catch (err) {
+      holder.replaceChildren(el("p", { class: "error" }, `Could not read runs: ${err.message}`));
+    }
+  }
+
+  function dagSection(dag) {
+    const link = el("a", { href: `${airflowRoot}/dags/${encodeURIComponent(dag.dag_id)}`, target: "_top" }, dag.dag_id);
+    const section = el("section", { class: "dag", "data-dag-id": dag.dag_id }, el("h2", {}, link));
+    if (dag.error) section.append(el("p", { class: "error" }, dag.error));
+    else section.append(planTable(dag.plans));
+    return section;
+  }
+
+  async function main() {
+    const url = dagId ? `api/dags/${encodeURIComponent(dagId)}/plans` : "api/plans";
+    let data;
+    try {
+      data = await getJSON(url);
+    } catch (err) {
+      const message =
+        err instanceof AuthError
+          ? el("p", { class: "error" }, "Not signed in to Airflow (or not allowed to read DAGs). ",
+              el("a", { href: `${airflowRoot}/`, target: "_top" }, "Sign in"), " and open this page again.")
+          : el("p", { class: "error" }, `Could not load plans: ${err.message}`);
+      content.replaceChildren(message);
+      return;
+    }
+    if (!data.dags.length) {
+      content.replaceChildren(el("p", { class: "note" }, dagId ? `${dagId} has no infra tasks.` : "No DAG with infra tasks yet."));
+      return;
+    }
+    content.replaceChildren(...data.dags.map(dagSection));
+    const sections = content.querySelectorAll("section.dag");
+    await Promise.all(data.dags.map((dag, i) => (dag.error ? null : fillRuns(sections[i], dag.dag_id))));
+  }
+
+  // Tests wait for this attribute: set once everything has rendered, errors included.
+  main().finally(() => document.body.setAttribute("data-loaded", "true"));
+})();

@@ -369,7 +369,7 @@ class InfraOperator(BaseOperator):
             context=context,
         )
         self._backend.run(job)  # a deferrable backend may defer here; execute_complete resumes
-        return self._finish(store, task_dir, meta)
+        return self._finish(store, job.task_dir, meta)  # a backend that reattached may have moved it
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         """Resume after a backend deferred (e.g. a Batch job in deferrable mode)."""
@@ -395,7 +395,7 @@ class InfraOperator(BaseOperator):
             context=context,
         )
         backend.resume(job, event)
-        return self._finish(store, task_dir, meta)
+        return self._finish(store, job.task_dir, meta)
 
     def _finish(self, store: Any, task_dir: Any, meta: dict[str, Any]) -> Any:
         """Read the outcome the call left in the store; record it in the cache if asked to."""

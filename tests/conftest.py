@@ -130,3 +130,15 @@ def pytest_sessionfinish(session, exitstatus):
     # The home holds built environments (hundreds of MB); keep it only when asked to.
     if not os.environ.get("AIRFLOW_INFRA_KEEP_TEST_HOME"):
         shutil.rmtree(HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fake_kube(docker_infra) -> str:
+    """The fake Kubernetes API (dev/fake_kube_api.py, a test double running pods as Docker
+    containers); `kubernetes_default` points at it. Returns the kubeconfig's path."""
+    subprocess.run(["bash", str(REPO / "dev" / "start-fake-kube.sh")], check=True, timeout=120)
+    kubeconfig = os.environ.get("FAKE_KUBECONFIG", "/tmp/airflow-infra-fake-kube.yaml")
+    os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
+        {"conn_type": "kubernetes", "extra": {"kube_config_path": kubeconfig, "namespace": "default"}}
+    )
+    return kubeconfig

@@ -73,7 +73,7 @@ rules:
     )
     blocked = dags.test("infra_mapped_resources")
     assert not blocked.succeeded
-    assert "cannot run yet" in blocked.output
+    assert "cannot see this worker's files" in blocked.output  # kubernetes needs an object store
     forced = dags.test("infra_mapped_resources", env={"AIRFLOW_INFRA_TARGET": "local"})
     assert forced.succeeded, forced.output[-4000:]
     assert "AIRFLOW_INFRA_TARGET forces" in forced.call("sized", 0)["routing_reason"]

@@ -16,14 +16,15 @@ def backend_for(target_name: str, target, config) -> Backend:
         from airflow_infra.backends.docker import DockerBackend
 
         return DockerBackend(target_name, target, config)
+    if kind == "kubernetes":
+        from airflow_infra.backends.kubernetes import KubernetesBackend
+
+        return KubernetesBackend(target_name, target, config)
     if kind == "batch":
         from airflow_infra.backends.batch import BatchBackend
 
         return BatchBackend(target_name, target, config)
-    raise InfraConfigError(
-        f"target {target_name!r} is of kind {kind!r}, which this version of airflow-infra cannot run yet; "
-        f"pin such tasks elsewhere or set AIRFLOW_INFRA_TARGET=local to run everything here"
-    )
+    raise InfraConfigError(f"target {target_name!r} is of unknown kind {kind!r}")
 
 
 __all__ = ["Backend", "Job", "backend_for"]

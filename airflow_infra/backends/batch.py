@@ -17,7 +17,8 @@ from airflow.sdk.exceptions import TaskDeferred
 from airflow_infra.artifacts import CALL_FILE, OUTCOME_FILE
 from airflow_infra.backends.base import Job
 from airflow_infra.config import BatchTarget, InfraConfig
-from airflow_infra.errors import InfraEnvironmentError, InfraTaskFailed
+from airflow_infra.backends.remote import aws_environment, ensure_remote_image, require_object_store
+from airflow_infra.errors import InfraTaskFailed
 
 DEFINITION_PREFIX = "airflow-infra-"
 LOG_GROUP = "/aws/batch/job"
@@ -80,17 +81,7 @@ class BatchBackend:
         self._operator_running = None
 
     def _job_environment(self, job: Job, hook: Any) -> list[dict[str, str]]:
-        env = dict(job.environment.env)
-        wrapper = hook.conn_config
-        if wrapper.endpoint_url:
-            env["AWS_ENDPOINT_URL"] = wrapper.endpoint_url
-        if hook.conn_region_name:
-            env["AWS_DEFAULT_REGION"] = hook.conn_region_name
-        if self.target.pass_credentials:
-            creds = hook.get_credentials()
-            env.update({"AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key})
-            if creds.token:
-                env["AWS_SESSION_TOKEN"] = creds.token
+        env = {**job.environment.env, **aws_environment(hook, pass_credentials=self.target.pass_credentials)}
         return [{"name": k, "value": v} for k, v in sorted(env.items())]
 
     def _operator(self, job: Job) -> Any:
@@ -114,22 +105,12 @@ class BatchBackend:
         return operator
 
     def run(self, job: Job) -> None:
-        from airflow_infra.images.service import ensure_image, plan_image
-
-        if job.store.is_local:
-            raise InfraEnvironmentError(
-                f"{job.where}: target {self.name!r} is AWS Batch, whose jobs cannot see this worker's files; "
-                "set `artifacts:` in infra.yaml to an S3 URL"
-            )
-        plan = plan_image(job.environment, job.requirements_text, self.config)
-        try:
-            ensure_image(plan, self.config, lambda line: job.log.info("[build] %s", line))
-        except InfraEnvironmentError as exc:
-            raise InfraEnvironmentError(f"{job.where}: {exc}") from None
+        require_object_store(job, self.name, "AWS Batch")
+        reference = ensure_remote_image(job, self.config)
         operator = self._operator(job)
         client = operator.hook.client
         operator.job_definition = ensure_job_definition(
-            client, _definition_name(self.name, plan.reference), self.target, plan.reference, job.resources.shm,
+            client, _definition_name(self.name, reference), self.target, reference, job.resources.shm,
             lambda line: job.log.info("%s", line),
         )
         task_uri = job.store.uri(job.task_dir)

@@ -1,0 +1,55 @@
+"""What the targets that run on other machines (Kubernetes, Batch) share: an object store the
+job can reach, an image in the registry, and the environment that lets the job use the store."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow_infra.backends.base import Job
+from airflow_infra.config import InfraConfig
+from airflow_infra.errors import InfraEnvironmentError
+
+
+def require_object_store(job: Job, target_name: str, what: str) -> None:
+    if job.store.is_local:
+        raise InfraEnvironmentError(
+            f"{job.where}: target {target_name!r} runs on {what}, which cannot see this worker's files; "
+            "set `artifacts:` in infra.yaml to an object store URL such as s3://aws_default@bucket/prefix"
+        )
+
+
+def ensure_remote_image(job: Job, config: InfraConfig) -> str:
+    """The image reference for the job's environment, built and pushed first if missing."""
+    from airflow_infra.images.service import ensure_image, plan_image
+
+    plan = plan_image(job.environment, job.requirements_text, config)
+    try:
+        ensure_image(plan, config, lambda line: job.log.info("[build] %s", line))
+    except InfraEnvironmentError as exc:
+        raise InfraEnvironmentError(f"{job.where}: {exc}") from None
+    return plan.reference
+
+
+def store_conn_id(url: str) -> str | None:
+    """The Airflow connection named in an object store URL (s3://conn_id@bucket/...), if any."""
+    netloc = urlsplit(url).netloc
+    return netloc.partition("@")[0] if "@" in netloc else None
+
+
+def aws_environment(hook: Any, *, pass_credentials: bool) -> dict[str, str]:
+    """Variables that point boto/s3fs in the job at the connection's endpoint and region.
+
+    Keys are passed only with pass_credentials (local test set-ups): real jobs get theirs
+    from their role or service account."""
+    env: dict[str, str] = {}
+    if hook.conn_config.endpoint_url:
+        env["AWS_ENDPOINT_URL"] = hook.conn_config.endpoint_url
+    if hook.conn_region_name:
+        env["AWS_DEFAULT_REGION"] = hook.conn_region_name
+    if pass_credentials:
+        creds = hook.get_credentials()
+        env.update({"AWS_ACCESS_KEY_ID": creds.access_key, "AWS_SECRET_ACCESS_KEY": creds.secret_key})
+        if creds.token:
+            env["AWS_SESSION_TOKEN"] = creds.token
+    return env

@@ -1,0 +1,53 @@
+"""Pods that fail in each way the kubernetes target explains (tests/test_kubernetes.py)."""
+
+from __future__ import annotations
+
+from airflow.sdk import dag
+
+from airflow_infra import infra_task
+
+
+@dag(schedule=None, catchup=False, tags=["airflow-infra-tests"])
+def infra_kube_failures():
+    @infra_task(target="k8s")
+    def raises() -> None:
+        raise ValueError("bad input on kubernetes")
+
+    @infra_task(target="k8s", memory="64Mi")
+    def oom() -> None:
+        hog = bytearray(512 << 20)  # eight times the limit
+        print(len(hog))
+
+    @infra_task(target="k8s", timeout=3)
+    def overruns() -> None:
+        import time
+
+        print("sleeping past the deadline", flush=True)
+        time.sleep(120)
+
+    @infra_task(target="k8s-unreachable")
+    def unpullable() -> None:
+        print("never runs")
+
+    raises()
+    oom()
+    overruns()
+    unpullable()
+
+
+infra_kube_failures()
+
+
+@dag(schedule=None, catchup=False, tags=["airflow-infra-tests"])
+def infra_kube_sleeper():
+    @infra_task(target="k8s")
+    def sleeps() -> None:
+        import time
+
+        print("sleeping until killed", flush=True)
+        time.sleep(600)
+
+    sleeps()
+
+
+infra_kube_sleeper()

@@ -1,0 +1,193 @@
+"""The kubernetes target: pod specs checked against the Kubernetes schema, and the real
+KubernetesPodOperator end to end against dev/fake_kube_api.py (a TEST DOUBLE that runs each
+pod as a Docker container; it is not a Kubernetes), with artifacts on moto's S3."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import kubernetes_validate
+import pytest
+import requests
+
+from airflow_infra.backends.base import Job
+from airflow_infra.backends.kubernetes import TASK_DIR_ANNOTATION, make_operator, operator_arguments
+from airflow_infra.client import Client
+from airflow_infra.config import InfraConfig, KubernetesTarget
+from airflow_infra.errors import InfraConfigError
+from airflow_infra.spec import Environment, Resources
+
+K8S_VERSION = "1.33"
+FAKE_API = "http://127.0.0.1:5002"
+
+
+def pod_dict(resources: Resources, target: KubernetesTarget | None = None, task_id: str = "fit_model") -> dict:
+    """The pod the real operator would create for a call (no cluster needed to build it)."""
+    from kubernetes.client import ApiClient
+
+    target = target or KubernetesTarget(kind="kubernetes")
+    job = Job("recsys", task_id, Environment(), resources, None, None, [], logging.getLogger("test"))
+    args = operator_arguments(job, target, "127.0.0.1:5000/ml/env:abc", "s3://bucket/run/t/-1/1", {"A": "1"})
+    pod = make_operator(job, args).build_pod_request_obj(dry_run=True)
+    return ApiClient().sanitize_for_serialization(pod)
+
+
+GPU_TARGET = KubernetesTarget.model_validate({
+    "kind": "kubernetes",
+    "namespace": "ml",
+    "service_account": "runner",
+    "image_pull_secrets": ["regcred"],
+    "labels": {"team": "recsys"},
+    "annotations": {"owner": "ml-platform"},
+    "node_selector": {"pool": "batch"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+    "gpu_types": {"a100": {"node_selector": {"gpu": "a100"},
+                           "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}},
+    "gpu_resource": "nvidia.com/gpu",
+})
+
+DECLARATIONS = {
+    "nothing": (Resources(), None),
+    "cpu and memory": (Resources(cpu="500m", memory="1Gi"), None),
+    "gpu, shm, disk, timeout": (Resources(cpu=8, memory="60Gi", gpu=2, gpu_type="a100", shm="8Gi", disk="100Gi", timeout="2h"), GPU_TARGET),
+    "cpu limits, root allowed": (
+        Resources(cpu=2, memory="3000Mi"),
+        KubernetesTarget(kind="kubernetes", cpu_limit="request", memory_limit="none", security_context={}),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", DECLARATIONS)
+def test_pod_specs_pass_the_kubernetes_schema(name):
+    resources, target = DECLARATIONS[name]
+    pod = pod_dict(resources, target)
+    # strict: unknown or misspelt fields fail too; raises ValidationError with the path of the problem.
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    container = pod["spec"]["containers"][0]
+    assert len(pod["spec"]["containers"]) == 1  # no xcom sidecar: results go through the store
+    assert container["args"] == ["s3://bucket/run/t/-1/1/call.pkl", "s3://bucket/run/t/-1/1"]
+    assert pod["metadata"]["annotations"][TASK_DIR_ANNOTATION] == "s3://bucket/run/t/-1/1"
+
+
+def test_resources_map_to_requests_limits_and_volumes():
+    pod = pod_dict(DECLARATIONS["gpu, shm, disk, timeout"][0], GPU_TARGET)
+    spec, container = pod["spec"], pod["spec"]["containers"][0]
+    assert container["resources"] == {
+        "requests": {"cpu": "8", "memory": "60Gi", "ephemeral-storage": "100Gi"},
+        # memory limit = request, no CPU limit (the default policy); GPUs only as limits
+        "limits": {"memory": "60Gi", "ephemeral-storage": "100Gi", "nvidia.com/gpu": "2"},
+    }
+    assert spec["activeDeadlineSeconds"] == 7200
+    shm = next(v for v in spec["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    assert spec["nodeSelector"] == {"pool": "batch", "gpu": "a100"}
+    assert [t["key"] for t in spec["tolerations"]] == ["dedicated", "nvidia.com/gpu"]
+    assert spec["serviceAccountName"] == "runner" and spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["metadata"]["namespace"] == "ml" and pod["metadata"]["labels"]["team"] == "recsys"
+    assert spec["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000}
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False}
+    assert {"name": "A", "value": "1"} in container["env"]
+
+
+def test_limit_policy_and_root_are_the_targets_choice():
+    pod = pod_dict(*DECLARATIONS["cpu limits, root allowed"])
+    container = pod["spec"]["containers"][0]
+    assert container["resources"] == {"requests": {"cpu": "2", "memory": "3000Mi"}, "limits": {"cpu": "2"}}
+    assert not pod["spec"].get("securityContext") and not container.get("securityContext")
+
+
+def test_unknown_gpu_type_is_refused_naming_the_task():
+    with pytest.raises(InfraConfigError, match=r"task 'fit_model'.*gpu_type='h100'.*\['a100'\]"):
+        pod_dict(Resources(gpu=1, gpu_type="h100"), GPU_TARGET)
+
+
+def test_bad_kubernetes_config_is_refused():
+    with pytest.raises(ValueError, match="namespace"):
+        InfraConfig.model_validate({"targets": {"k8s": {"kind": "kubernetes", "namespace": "ML_Team"}}})
+    with pytest.raises(ValueError, match="memory_limit"):
+        InfraConfig.model_validate({"targets": {"k8s": {"kind": "kubernetes", "memory_limit": "double"}}})
+
+
+# End to end, against the test double.
+
+def write_kube_yaml(docker_yaml, moto_s3: str, *, deferrable: bool = False, rules: str = "") -> None:
+    docker_yaml(  # appended under `targets:`
+        f"  k8s: {{kind: kubernetes, namespace: ml, pass_credentials: true, deferrable: {str(deferrable).lower()}, "
+        "startup_timeout: 60}\n"
+        # The same registry seen under an address nothing answers at: every pull fails.
+        "  k8s-unreachable: {kind: kubernetes, namespace: ml, pass_credentials: true, pull_registry: '127.0.0.1:5999/gone'}\n"
+        f"artifacts: {moto_s3}\n"
+        + (rules or "rules:\n  - {when: \"memory >= 512Mi\", target: k8s}\n  - {target: local}\n")
+    )
+
+
+def pods_left() -> list[str]:
+    listed = requests.get(f"{FAKE_API}/api/v1/namespaces/ml/pods", timeout=5).json()["items"]
+    return [p["metadata"]["name"] for p in listed]
+
+
+@pytest.mark.integration
+def test_seed_scenario_runs_pods_through_the_pod_operator(dags, docker_yaml, moto_s3, fake_kube):
+    write_kube_yaml(docker_yaml, moto_s3)
+    run = dags.test("recsys_seed", conf={"lr": 0.2})
+    assert run.succeeded, run.output[-5000:]
+    stored = Client(moto_s3).run("recsys_seed", run.run_id)
+    assert {t: stored[t].target for t in ("load", "fit_a", "fit_b", "ensemble")} == {
+        "load": "local", "fit_a": "k8s", "fit_b": "k8s", "ensemble": "local"
+    }
+    assert sorted(v.split(".")[0] for v in stored["ensemble"].result["numpy_versions"]) == ["1", "2"]
+    assert stored["fit_b"].result["lr"] == 0.2
+    assert "fit_b: gradient descent with numpy 2." in run.output  # the pod's log, through the operator
+    assert stored["fit_a"].metrics["peak_memory_bytes"] > 0  # measured inside the pod
+    assert pods_left() == []  # each pod deleted when done
+
+
+@pytest.mark.integration
+def test_failed_pods_are_explained(dags, docker_yaml, moto_s3, fake_kube):
+    write_kube_yaml(docker_yaml, moto_s3)
+    run = dags.test("infra_kube_failures")
+    assert not run.succeeded
+    out = run.output
+    assert "task 'raises': the function raised ValueError: bad input on kubernetes" in out
+    assert "task 'oom': out of memory: pod" in out and "memory limit of 64Mi" in out and "raise `memory`" in out
+    assert "task 'overruns': deadline exceeded" in out and "timeout=3s" in out
+    assert "task 'unpullable': image pull failed" in out and "127.0.0.1:5999/gone/" in out
+    assert "sleeping past the deadline" in out  # logs streamed before the pod was stopped
+    assert pods_left() == []
+
+
+@pytest.mark.integration
+def test_deferrable_mode_resumes_from_the_store(dags, docker_yaml, moto_s3, fake_kube):
+    write_kube_yaml(docker_yaml, moto_s3, deferrable=True, rules="rules:\n  - {target: k8s}\n")
+    run = dags.test("infra_kube_failures")
+    out = run.output
+    assert "KubernetesPodTrigger" in out or "defer" in out.lower()
+    assert "task 'raises': the function raised ValueError: bad input on kubernetes" in out
+    assert "task 'oom': out of memory: pod" in out
+
+
+@pytest.mark.integration
+def test_killing_the_task_deletes_its_pod(airflow_db, docker_yaml, moto_s3, fake_kube):
+    write_kube_yaml(docker_yaml, moto_s3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "airflow", "dags", "test", "infra_kube_sleeper"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not [p for p in pods_left() if p.startswith("sleeps")]:
+            assert proc.poll() is None and time.monotonic() < deadline, "no pod appeared"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)  # what a task process receives when the task is killed
+        output, _ = proc.communicate(timeout=120)
+        assert not [p for p in pods_left() if p.startswith("sleeps")]
+        assert "task 'sleeps': the task was killed; its pod was deleted" in output
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

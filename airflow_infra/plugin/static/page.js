@@ -28,6 +28,7 @@
 
   function seconds(s) {
     if (s === null || s === undefined) return "-";
+    if (s < 0.01) return "<0.01s";
     if (s < 120) return `${+s.toFixed(2)}s`;
     if (s < 7200) return `${+(s / 60).toFixed(1)}m`;
     return `${+(s / 3600).toFixed(1)}h`;
@@ -60,7 +61,7 @@
   function imageCell(plan) {
     if (!plan.image) return "-";
     let badge;
-    if (!plan.needs_image) badge = el("span", { class: "badge none" }, "not needed here");
+    if (!plan.needs_image) badge = el("span", { class: "badge none" }, `not needed on ${plan.kind}`);
     else if (plan.exists === true) badge = el("span", { class: "badge ok" }, "exists");
     else if (plan.exists === false) badge = el("span", { class: "badge bad" }, "missing");
     else badge = el("span", { class: "badge none" }, "not checked");
@@ -125,12 +126,13 @@
   function runsTable(runs) {
     const rows = [];
     for (const run of runs) {
-      for (const call of run.calls) {
+      run.calls.forEach((call, i) => {
+        const runCell = el("td", { rowspan: String(run.calls.length) }, el("code", {}, run.run_id), el("div", { class: "why" }, run.submitted_at));
         rows.push(
           el(
             "tr",
-            {},
-            el("td", {}, el("code", {}, run.run_id), el("div", { class: "why" }, run.submitted_at)),
+            { "data-run-id": run.run_id },
+            i === 0 ? runCell : null,
             el("td", {}, call.map_index >= 0 ? `${call.task_id}[${call.map_index}]` : call.task_id),
             el("td", {}, call.target),
             el("td", { class: call.ok ? "" : "error" }, call.status, call.try_number > 1 ? ` (try ${call.try_number})` : ""),
@@ -138,7 +140,7 @@
             el("td", {}, call.hints.map((h) => el("div", { class: "hint" }, h))),
           ),
         );
-      }
+      });
     }
     const headings = ["Run", "Task", "Target", "Outcome", "Peak memory of requested", "CPU used of requested", "Wall", "Hints"];
     return table("runs", headings, rows);

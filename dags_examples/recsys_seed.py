@@ -2,6 +2,7 @@
 
 fit_a runs with numpy 1.x and fit_b with numpy 2.x, each in its own environment; the
 results meet in `ensemble`, which declares nothing and runs in the default environment.
+fit_b asks for a GPU, so routing rules can send it to a GPU target.
 
     airflow dags test recsys_seed
     airflow dags test recsys_seed -c '{"lr": 0.05}'
@@ -47,7 +48,9 @@ def recsys_seed():
         print(f"fit_a: least squares with numpy {np.__version__}")
         return {"coef": [float(c) for c in coef], "numpy": np.__version__, "lr": lr}
 
-    @infra_task(packages=["numpy>=2"], cpu=1, memory="512Mi")
+    # The GPU fit: routing rules can send it to a GPU target (e.g. `gpu >= 1` -> AWS Batch). The
+    # code itself runs on a CPU too, so with no such target it runs wherever the rules say.
+    @infra_task(packages=["numpy>=2"], cpu=1, memory="512Mi", gpu=1)
     def fit_b(data: dict, lr: float) -> dict:
         import numpy as np
 

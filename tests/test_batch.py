@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import boto3
 import pytest
 
@@ -69,3 +75,33 @@ def test_deferrable_mode_resumes_from_the_store(dags, docker_yaml, moto_s3, batc
     assert "task 'dies': Batch job" in run.output and "about to die" in run.output
     assert "BatchJobTrigger" in run.output or "defer" in run.output.lower()
     assert Client(store).run("infra_batch_failures", run.run_id)["raises"].target == "gpu"
+
+
+def test_killing_the_task_terminates_its_job(airflow_db, batch_yaml, batch_queue):
+    batch = boto3.client("batch", region_name="us-east-1", endpoint_url=MOTO, aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def sleeper_jobs(status: str) -> list[str]:
+        listed = batch.list_jobs(jobQueue=batch_queue, jobStatus=status)["jobSummaryList"]
+        return [j["jobId"] for j in listed if j["jobName"].startswith("infra_batch_sleeper")]
+
+    before = set(sleeper_jobs("FAILED"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "airflow", "dags", "test", "infra_batch_sleeper"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (running := sleeper_jobs("RUNNING")):
+            assert proc.poll() is None and time.monotonic() < deadline, f"no job started: {proc.stdout.read()[-3000:] if proc.poll() else ''}"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)  # what a task process receives when the task is killed
+        output, _ = proc.communicate(timeout=120)
+        # BatchOperator.on_kill terminated the job: moto stops its container and fails it.
+        deadline = time.monotonic() + 60
+        while running[0] not in set(sleeper_jobs("FAILED")) - before:
+            assert time.monotonic() < deadline, f"job {running[0]} was not terminated"
+            time.sleep(0.5)
+        assert "task 'sleeps'" in output
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

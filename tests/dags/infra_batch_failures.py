@@ -27,3 +27,18 @@ def infra_batch_failures():
 
 
 infra_batch_failures()
+
+
+@dag(schedule=None, catchup=False, tags=["airflow-infra-tests"])
+def infra_batch_sleeper():
+    @infra_task(memory="512Mi")
+    def sleeps() -> None:
+        import time
+
+        print("sleeping until killed", flush=True)
+        time.sleep(600)
+
+    sleeps()
+
+
+infra_batch_sleeper()

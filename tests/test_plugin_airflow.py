@@ -63,12 +63,13 @@ def record(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def free_port(preferred: int = 28080) -> int:
+def free_port(preferred: int = 0) -> int:
+    """`preferred` when it is free, else any free port."""
     with socket.socket() as sock:
         try:
-            sock.bind(("127.0.0.1", preferred))
+            sock.bind(("", preferred))
         except OSError:
-            sock.bind(("127.0.0.1", 0))
+            sock.bind(("", 0))
         return sock.getsockname()[1]
 
 
@@ -133,7 +134,7 @@ def airflow_server(tmp_path_factory) -> Iterator[Airflow]:
     for source in (REPO / "dags_examples").glob("*.py"):
         shutil.copy(source, dags)
     (home / "infra.yaml").write_text(INFRA_YAML.format(registry=f"127.0.0.1:5000/plugin-test{os.getpid()}"))
-    port = free_port()
+    port = free_port(28080)
     url = f"http://127.0.0.1:{port}"
     # Only this home's settings: nothing from the session's own AIRFLOW__ environment.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_INFRA_"))}
@@ -148,6 +149,9 @@ def airflow_server(tmp_path_factory) -> Iterator[Airflow]:
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+            # The scheduler's and triggerer's log servers: ports of their own, beside any other Airflow.
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
     )
@@ -307,9 +311,11 @@ def _sign_in(driver, server: Airflow) -> None:
     wait.until(lambda d: "/auth/login" not in d.current_url and d.get_cookie("_token"))
 
 
-def _open_plugin_frame(driver, url: str):
-    """Open an Airflow UI page that embeds the plugin, switch into its frame, wait for the data."""
-    driver.get(url)
+def _open_plugin_frame(driver, url: str | None = None):
+    """On an Airflow UI page that embeds the plugin (opened first when `url` is given), switch
+    into the plugin's frame and wait for its data."""
+    if url:
+        driver.get(url)
     wait = WebDriverWait(driver, 60)
     frame = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "iframe"))
     src = frame.get_attribute("src")
@@ -320,10 +326,27 @@ def _open_plugin_frame(driver, url: str):
 
 def test_plugin_page_in_the_airflow_ui(airflow_server, browser):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        _check_plugin_page(airflow_server, browser)
+    except Exception:
+        browser.switch_to.default_content()
+        browser.save_screenshot(str(ARTIFACTS / "failure.png"))
+        (ARTIFACTS / "failure.html").write_text(browser.page_source)
+        raise
+
+
+def _check_plugin_page(airflow_server: Airflow, browser) -> None:
     _sign_in(browser, airflow_server)
 
-    # The nav entry: every DAG with infra tasks, each task's plan, then its recent runs.
-    src = _open_plugin_frame(browser, f"{airflow_server.url}/plugin/infra")
+    # The nav entry, found as a user would: Browse -> Infra plans.
+    browser.get(f"{airflow_server.url}/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "button[aria-label=Browse]")).click()
+    wait.until(lambda d: d.find_element(By.XPATH, "//*[@role='menuitem'][normalize-space()='Infra plans']")).click()
+    wait.until(lambda d: d.current_url.endswith("/plugin/infra"))
+
+    # Every DAG with infra tasks, each task's plan, then its recent runs.
+    src = _open_plugin_frame(browser)
     assert src == f"{airflow_server.url}/infra/"
     section = browser.find_element(By.CSS_SELECTOR, "section[data-dag-id=params_example]")
     tasks = [row.get_attribute("data-task-id") for row in section.find_elements(By.CSS_SELECTOR, "table.plan tr[data-task-id]")]
@@ -348,6 +371,6 @@ def test_plugin_page_in_the_airflow_ui(airflow_server, browser):
     # Signed out, the page shows no data and says why.
     browser.delete_all_cookies()
     browser.get(f"{airflow_server.url}/infra/")
-    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true")
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true")
     assert "Not signed in to Airflow" in browser.find_element(By.ID, "content").text
     assert not browser.find_elements(By.CSS_SELECTOR, "section.dag")

@@ -17,16 +17,23 @@ import pytest
 from airflow_infra.plugin import report
 from tests.dagrun import REPO
 
-ROUTING = """
-registry: 127.0.0.1:1/plugin-unit
+
+def routing_yaml(registry: str) -> str:
+    """Tasks that ask for a whole core go to a docker target (their image is looked up in
+    `registry`); the params example's tasks stay on local targets. Shared with test_plugin_airflow."""
+    return f"""
+registry: {registry}
 targets:
-  docker: {kind: docker}
-  bigmem: {kind: local}
+  docker: {{kind: docker}}
+  bigmem: {{kind: local}}
 rules:
-  - {when: "cpu >= 1", target: docker}
-  - {when: "memory > 1Gi", target: bigmem}
-  - {target: local}
+  - {{when: "cpu >= 1", target: docker}}
+  - {{when: "memory > 1Gi", target: bigmem}}
+  - {{target: local}}
 """
+
+
+ROUTING = routing_yaml("127.0.0.1:1/plugin-unit")  # nothing listens there: existence is never asked
 
 
 def test_registered_as_airflow_plugin_entry_point():

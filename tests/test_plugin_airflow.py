@@ -36,24 +36,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.dagrun import REPO
+from tests.test_plugin import routing_yaml
 
 pytestmark = pytest.mark.integration
 
 ARTIFACTS = Path(os.environ.get("AIRFLOW_INFRA_TEST_ARTIFACTS") or REPO / "tests" / "artifacts")
 STARTUP_TIMEOUT = 240.0
 RUN_TIMEOUT = 180.0
-# Tasks that ask for a whole core go to a docker target (so their image is looked up in the
-# registry); the params example's tasks stay on local targets and really run.
-INFRA_YAML = """
-registry: {registry}
-targets:
-  docker: {{kind: docker}}
-  bigmem: {{kind: local}}
-rules:
-  - {{when: "cpu >= 1", target: docker}}
-  - {{when: "memory > 1Gi", target: bigmem}}
-  - {{target: local}}
-"""
 
 
 def record(line: str) -> None:
@@ -133,7 +122,7 @@ def airflow_server(tmp_path_factory) -> Iterator[Airflow]:
     dags.mkdir()
     for source in (REPO / "dags_examples").glob("*.py"):
         shutil.copy(source, dags)
-    (home / "infra.yaml").write_text(INFRA_YAML.format(registry=f"127.0.0.1:5000/plugin-test{os.getpid()}"))
+    (home / "infra.yaml").write_text(routing_yaml(f"127.0.0.1:5000/plugin-test{os.getpid()}"))
     port = free_port(28080)
     url = f"http://127.0.0.1:{port}"
     # Only this home's settings: nothing from the session's own AIRFLOW__ environment.

@@ -126,6 +126,7 @@ def _warm() -> None:
     """Import in the api-server what every parse needs (Airflow's and this provider's code, no
     DAG code), so each forked child starts with it: ~50 ms a file instead of ~500 ms."""
     import airflow.dag_processing.dagbag  # noqa: F401
+
     import airflow_infra.decorator  # noqa: F401
     import airflow_infra.images.service  # noqa: F401
 

@@ -64,7 +64,7 @@ def test_plugin_import_is_light():
                        or m.startswith(("airflow_infra.planning", "airflow_infra.plugin.api", "airflow_infra.images")))
         print(heavy, took)
         assert not heavy, heavy
-        assert took < 0.05, took
+        assert took < 0.2, took  # about 1 ms here; generous for a loaded CI machine
         """
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -125,6 +125,9 @@ class ArtifactStore:
     def exists(self, path: ObjectStoragePath) -> bool:
         return path.exists()
 
+    def remove_tree(self, path: ObjectStoragePath) -> None:
+        path.fs.rm(path.path, recursive=True)
+
     def download(self, path: ObjectStoragePath, dest: Path) -> Path:
         atomic_write(dest, self.read_bytes(path))
         return dest

@@ -274,9 +274,9 @@ class Handler(BaseHTTPRequestHandler):
         except docker.errors.NotFound:
             return self._reply(404, status(404, "NotFound", f'pods "{name}" not found'))
         since = int(query["sinceSeconds"]) if "sinceSeconds" in query else None
-        follow = query.get("follow") == "true"
+        follow = query.get("follow", "").lower() == "true"  # the Python client sends "True"
         stream = container.logs(
-            stream=True, follow=follow, timestamps=query.get("timestamps") == "true",
+            stream=True, follow=follow, timestamps=query.get("timestamps", "").lower() == "true",
             since=int(time.time()) - since if since else None,
         )
         self.send_response(200)
@@ -287,7 +287,12 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(chunk)
                 self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
-            pass
+            return
+        # As a kubelet does, end a followed log only once the pod shows the container stopped.
+        for _ in range(50 if follow else 0):
+            if pod["status"]["phase"] != "Running":
+                break
+            time.sleep(0.1)
 
     def do_POST(self) -> None:  # noqa: N802
         what, ns, name, _ = self._route()

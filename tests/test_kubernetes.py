@@ -4,8 +4,10 @@ pod as a Docker container; it is not a Kubernetes), with artifacts on moto's S3.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -191,3 +193,37 @@ def test_killing_the_task_deletes_its_pod(airflow_db, docker_yaml, moto_s3, fake
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.integration
+def test_a_restarted_try_reattaches_to_its_running_pod(dags, docker_yaml, moto_s3, fake_kube, tmp_path):
+    """The worker dies mid-task (SIGKILL: no on_kill); running the same try again finds the
+    pod by its labels, follows it to the end and reads the results it wrote."""
+    write_kube_yaml(docker_yaml, moto_s3)
+    log = tmp_path / "first.log"
+    before = set(pods_left())
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "dags", "test", "infra_kube_reattach"],
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not (pods := [p for p in set(pods_left()) - before if p.startswith("slow")]):
+            assert proc.poll() is None and time.monotonic() < deadline, "no pod appeared"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    run_id = re.search(r"<TaskInstance: infra_kube_reattach\.slow (\S+) ", log.read_text()).group(1)
+    again = subprocess.run(
+        [sys.executable, "-m", "airflow", "tasks", "test", "infra_kube_reattach", "slow", run_id],
+        capture_output=True, text=True, timeout=300,
+    )
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-4000:]
+    assert f"reattached to pod {pods[0]}" in out and "slow: done" in out
+    task = Client(moto_s3).run("infra_kube_reattach", run_id)["slow"]
+    assert [c.path.name for c in task.tries()] == ["1"]  # one attempt, no half-written second folder
+    assert task.result == 42
+    assert pods_left() == []

@@ -190,7 +190,9 @@ class KubernetesBackend:
         annotations = (getattr(getattr(pod, "metadata", None), "annotations", None) or {})
         used = annotations.get(TASK_DIR_ANNOTATION)
         if used and used != job.store.uri(job.task_dir):
+            # Same try, same call: the folder this attempt prepared was never used.
             job.log.info("reattached to pod %s: its results are in %s", pod.metadata.name, used)
+            job.store.remove_tree(job.task_dir)
             job.task_dir = job.store.path(used)
 
     def _fail(self, job: Job, operator: Any, exc: Exception) -> None:

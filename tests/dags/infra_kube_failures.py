@@ -51,3 +51,20 @@ def infra_kube_sleeper():
 
 
 infra_kube_sleeper()
+
+
+@dag(schedule=None, catchup=False, tags=["airflow-infra-tests"])
+def infra_kube_reattach():
+    @infra_task(target="k8s")
+    def slow() -> int:
+        import time
+
+        print("slow: started", flush=True)
+        time.sleep(30)  # still running when the test restarts the try
+        print("slow: done", flush=True)
+        return 42
+
+    slow()
+
+
+infra_kube_reattach()

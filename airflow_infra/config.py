@@ -23,6 +23,16 @@ _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9
 LOCAL = "local"
 
 
+def check_template(value: str | None, *names: str) -> str | None:
+    """A URL template may use only the named placeholders (checked when infra.yaml loads)."""
+    if value is not None:
+        try:
+            value.format(**dict.fromkeys(names, "x"))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"{value!r}: placeholders must be among {{{'}, {'.join(names)}}} ({exc})") from None
+    return value
+
+
 class _Target(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -79,7 +89,8 @@ class KubernetesTarget(_Target):
     # Wait for the pod in the triggerer instead of holding a worker slot.
     deferrable: bool = False
     startup_timeout: int = Field(default=120, gt=0)
-    # Link from a task to its pod, e.g. "https://dash.example/#/pod/{namespace}/{name}".
+    # The Kubernetes pod link of a task instance, e.g.
+    # "https://dashboard.example/#/pod/{namespace}/{name}?namespace={namespace}".
     dashboard_url: str | None = None
     # Hand the artifact store connection's keys to the pod as environment variables. Only for
     # local test set-ups (moto); real pods get credentials from their service account.
@@ -91,6 +102,11 @@ class KubernetesTarget(_Target):
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
             raise ValueError(f"{value!r} is not a Kubernetes namespace name (lowercase letters, digits, '-')")
         return value
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _dashboard_url(cls, value: str | None) -> str | None:
+        return check_template(value, "namespace", "name")
 
     @field_validator("pull_registry")
     @classmethod
@@ -161,6 +177,10 @@ class InfraConfig(BaseModel):
     # downloads behind a TLS-intercepting proxy.
     ca_certificates: list[str] = []
     artifacts: str | None = None
+    # The Image link of a task instance, e.g. "https://registry.example/ui/{repository}:{tag}";
+    # placeholders {reference} {registry} {repository} {tag}. Default: ECR's console for ECR,
+    # else the registry's manifest URL.
+    image_url: str | None = None
     # Results whose pickle is at most this many bytes, and made of plain Python values, also
     # go to XCom as values; anything else goes as a reference into the artifact store.
     xcom_max_bytes: int = Field(default=64 * 1024, ge=0)
@@ -173,6 +193,11 @@ class InfraConfig(BaseModel):
         if value is not None and not _REGISTRY.match(value):
             raise ValueError(f"{value!r} is not a registry such as '127.0.0.1:5000/ml' or 'ghcr.io/org'")
         return value
+
+    @field_validator("image_url")
+    @classmethod
+    def _image_url(cls, value: str | None) -> str | None:
+        return check_template(value, "reference", "registry", "repository", "tag")
 
     @field_validator("base_image")
     @classmethod

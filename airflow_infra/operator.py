@@ -17,6 +17,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_infra.errors import InfraSpecError, InfraTaskFailed, where
+from airflow_infra.links import INFRA_LINKS
 from airflow_infra.spec import (
     ENVIRONMENT_FIELDS,
     RESOURCE_FIELDS,
@@ -184,6 +185,8 @@ class InfraOperator(BaseOperator):
     template_fields_renderers = {"op_args": "py", "op_kwargs": "py", "env": "json"}
     shallow_copy_attrs: Sequence[str] = ("python_callable",)
     ui_color = "#cfe8dc"
+    # Image, Kubernetes pod, Batch job: each shows when the target that ran the task records it.
+    operator_extra_links = INFRA_LINKS
     packages = requirements = apt_packages = python = base_image = env = None
     cpu = memory = gpu = gpu_type = disk = shm = timeout = None
 

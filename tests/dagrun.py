@@ -48,6 +48,22 @@ class DagRun:
     def call(self, task_id: str, map_index: int = -1) -> dict[str, Any]:
         return self._call(task_id, map_index).meta
 
+    def links(self, task_id: str, map_index: int = -1) -> dict[str, str]:
+        """The task instance's extra links as Airflow stored them when it finished (non-empty ones)."""
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as session:
+            rows = session.scalars(
+                select(XComModel).where(
+                    XComModel.dag_id == self.dag_id, XComModel.run_id == self.run_id,
+                    XComModel.task_id == task_id, XComModel.map_index == map_index, XComModel.key.like("_link_%"),
+                )
+            ).all()
+            values = {row.key.removeprefix("_link_"): XComModel.deserialize_value(row) for row in rows}
+        return {name: url for name, url in values.items() if url}
+
     def result(self, task_id: str, map_index: int = -1) -> Any:
         """The task's return value, loaded from the store (a dict when it had multiple outputs)."""
         return self._call(task_id, map_index).result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,6 +48,9 @@ def test_seed_scenario_mixes_local_and_batch(dags, batch_yaml):
     assert sorted(v.split(".")[0] for v in stored["ensemble"].result["numpy_versions"]) == ["1", "2"]
     # The job's CloudWatch log is in the task log, through BatchOperator.
     assert "fit_b: gradient descent with numpy 2." in run.output
+    links = run.links("fit_b")  # BatchOperator's job, linked from our task instance
+    assert re.fullmatch(r"https://console\.aws\.amazon\.com/batch/home\?region=us-east-1#jobs/detail/[0-9a-f-]+", links["BatchJobLink"])
+    assert "/v2/" in links["ImageLink"] and "PodLink" not in links
     definitions = job_definitions()
     assert len(definitions) >= 2
     images = {d["containerProperties"]["image"] for d in definitions}

@@ -118,10 +118,10 @@ def test_bad_kubernetes_config_is_refused():
 
 # End to end, against the test double.
 
-def write_kube_yaml(docker_yaml, moto_s3: str, *, deferrable: bool = False, rules: str = "") -> None:
-    docker_yaml(  # appended under `targets:`
+def write_kube_yaml(docker_yaml, moto_s3: str, *, deferrable: bool = False, rules: str = "") -> str:
+    return docker_yaml(  # appended under `targets:`
         f"  k8s: {{kind: kubernetes, namespace: ml, pass_credentials: true, deferrable: {str(deferrable).lower()}, "
-        "startup_timeout: 60}\n"
+        "startup_timeout: 60, dashboard_url: 'https://dashboard.test/#/pod/{namespace}/{name}'}\n"
         # The same registry seen under an address nothing answers at: every pull fails.
         "  k8s-unreachable: {kind: kubernetes, namespace: ml, pass_credentials: true, pull_registry: '127.0.0.1:5999/gone'}\n"
         f"artifacts: {moto_s3}\n"
@@ -136,7 +136,7 @@ def pods_left() -> list[str]:
 
 @pytest.mark.integration
 def test_seed_scenario_runs_pods_through_the_pod_operator(dags, docker_yaml, moto_s3, fake_kube):
-    write_kube_yaml(docker_yaml, moto_s3)
+    registry = write_kube_yaml(docker_yaml, moto_s3)
     run = dags.test("recsys_seed", conf={"lr": 0.2})
     assert run.succeeded, run.output[-5000:]
     stored = Client(moto_s3).run("recsys_seed", run.run_id)
@@ -147,6 +147,10 @@ def test_seed_scenario_runs_pods_through_the_pod_operator(dags, docker_yaml, mot
     assert stored["fit_b"].result["lr"] == 0.2
     assert "fit_b: gradient descent with numpy 2." in run.output  # the pod's log, through the operator
     assert stored["fit_a"].metrics["peak_memory_bytes"] > 0  # measured inside the pod
+    links = run.links("fit_a")  # extra links, as Airflow stored them when the task finished
+    assert links["ImageLink"].startswith(f"http://{registry.replace('127.0.0.1:5000', '127.0.0.1:5000/v2')}/airflow-infra-env/manifests/")
+    assert re.fullmatch(r"https://dashboard\.test/#/pod/ml/fit-a-[a-z0-9]+", links["PodLink"])
+    assert "PodLink" not in run.links("load")  # ran locally
     assert pods_left() == []  # each pod deleted when done
 
 

@@ -52,6 +52,23 @@ class Backend(Protocol):
         """Finish a call this backend deferred; on return, outcome.json is in the store (or it raises)."""
 
 
+def job_image(job: Job, config: Any) -> str:
+    """The image reference for the job's environment, built (and pushed) first if missing;
+    recorded as the task instance's Image link."""
+    from airflow_infra.errors import InfraEnvironmentError
+    from airflow_infra.images.service import ensure_image, plan_image
+    from airflow_infra.links import image_url, publish
+
+    plan = plan_image(job.environment, job.requirements_text, config)
+    try:
+        built = ensure_image(plan, config, lambda line: job.log.info("[build] %s", line))
+    except InfraEnvironmentError as exc:
+        raise InfraEnvironmentError(f"{job.where}: {exc}") from None
+    job.log.info("image %s (%s)", plan.reference, "built now" if built else "present")
+    publish(job.context, "image", image_url(plan.reference, config.image_url))
+    return plan.reference
+
+
 @contextmanager
 def deadline(seconds: float | None, on_expiry: Callable[[], None]) -> Iterator[None]:
     """Call on_expiry (from a timer thread) if the block is still running after `seconds`."""

@@ -15,10 +15,11 @@ from typing import Any
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_infra.artifacts import CALL_FILE, OUTCOME_FILE
-from airflow_infra.backends.base import Job
+from airflow_infra.backends.base import Job, job_image
 from airflow_infra.config import BatchTarget, InfraConfig
-from airflow_infra.backends.remote import aws_environment, ensure_remote_image, require_object_store
+from airflow_infra.backends.remote import aws_environment, require_object_store
 from airflow_infra.errors import InfraTaskFailed
+from airflow_infra.links import batch_job_url, publish
 
 DEFINITION_PREFIX = "airflow-infra-"
 LOG_GROUP = "/aws/batch/job"
@@ -106,7 +107,7 @@ class BatchBackend:
 
     def run(self, job: Job) -> None:
         require_object_store(job, self.name, "AWS Batch")
-        reference = ensure_remote_image(job, self.config)
+        reference = job_image(job, self.config)
         operator = self._operator(job)
         client = operator.hook.client
         operator.job_definition = ensure_job_definition(
@@ -132,6 +133,9 @@ class BatchBackend:
             self._fail(job, client, operator.job_id, exc)
         finally:
             self._operator_running = None
+            if operator.job_id:
+                hook = operator.hook
+                publish(job.context, "batch_job", batch_job_url(operator.job_id, hook.conn_region_name, hook.conn_partition))
 
     def resume(self, job: Job, event: dict[str, Any] | None) -> None:
         operator = self._operator(job)

@@ -10,10 +10,9 @@ import os
 import time
 import uuid
 
-from airflow_infra.backends.base import Job, check_exit, deadline
+from airflow_infra.backends.base import Job, check_exit, deadline, job_image
 from airflow_infra.backends.staging import staged_call
 from airflow_infra.config import DockerTarget, InfraConfig
-from airflow_infra.errors import InfraEnvironmentError
 
 
 class DockerBackend:
@@ -23,19 +22,13 @@ class DockerBackend:
 
     def run(self, job: Job) -> None:
         from airflow_infra.images.builders import docker_client
-        from airflow_infra.images.service import ensure_image, plan_image
 
-        plan = plan_image(job.environment, job.requirements_text, self.config)
-        try:
-            built = ensure_image(plan, self.config, lambda line: job.log.info("[build] %s", line))
-        except InfraEnvironmentError as exc:
-            raise InfraEnvironmentError(f"{job.where}: {exc}") from None
-        job.log.info("image %s (%s)", plan.reference, "built now" if built else "present")
+        reference = job_image(job, self.config)
         client = docker_client()
         resources = job.resources
         with staged_call(job) as staged:
             self._container = client.containers.run(
-                plan.reference,
+                reference,
                 command=staged.argv,
                 detach=True,
                 name=f"airflow-infra-{uuid.uuid4().hex[:12]}",

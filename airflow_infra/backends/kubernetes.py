@@ -15,10 +15,11 @@ from typing import Any
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_infra.artifacts import CALL_FILE, OUTCOME_FILE
-from airflow_infra.backends.base import Job
-from airflow_infra.backends.remote import aws_environment, ensure_remote_image, require_object_store, store_conn_id
+from airflow_infra.backends.base import Job, job_image
+from airflow_infra.backends.remote import aws_environment, require_object_store, store_conn_id
 from airflow_infra.config import InfraConfig, KubernetesTarget, artifacts_url
 from airflow_infra.errors import InfraConfigError, InfraTaskFailed
+from airflow_infra.links import publish
 from airflow_infra.quantities import format_bytes
 from airflow_infra.spec import Resources
 
@@ -159,7 +160,7 @@ class KubernetesBackend:
 
     def run(self, job: Job) -> None:
         require_object_store(job, self.name, "Kubernetes")
-        self._reference = pull_reference(ensure_remote_image(job, self.config), self.config, self.target)
+        self._reference = pull_reference(job_image(job, self.config), self.config, self.target)
         self._task_uri = task_uri = job.store.uri(job.task_dir)
         operator = make_operator(job, operator_arguments(job, self.target, self._reference, task_uri,
                                                          self._environment(job)))
@@ -167,6 +168,7 @@ class KubernetesBackend:
         try:
             operator.execute(job.context)
         except TaskDeferred as deferred:
+            self._publish_pod_link(job, operator.pod)
             # The pod operator resumes in its own trigger_reentry; Airflow calls the method on
             # InfraOperator, whose execute_complete comes back to resume() below.
             raise TaskDeferred(
@@ -176,7 +178,13 @@ class KubernetesBackend:
             self._fail(job, operator, exc)
         finally:
             self._operator_running = None
+        self._publish_pod_link(job, operator.pod)
         self._follow_reattached(job, operator.pod)
+
+    def _publish_pod_link(self, job: Job, pod: Any) -> None:
+        if self.target.dashboard_url and pod is not None:
+            url = self.target.dashboard_url.format(namespace=pod.metadata.namespace, name=pod.metadata.name)
+            publish(job.context, "pod", url)
 
     def resume(self, job: Job, event: dict[str, Any] | None) -> None:
         operator = make_operator(job, operator_arguments(job, self.target, "pending", job.store.uri(job.task_dir), {}))
@@ -197,6 +205,7 @@ class KubernetesBackend:
 
     def _fail(self, job: Job, operator: Any, exc: Exception) -> None:
         pod = operator.remote_pod or operator.pod
+        self._publish_pod_link(job, pod)
         self._follow_reattached(job, pod)
         if job.store.exists(job.task_dir / OUTCOME_FILE):
             return  # the function failed and said why: InfraOperator reports that

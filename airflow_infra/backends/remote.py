@@ -7,7 +7,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_infra.backends.base import Job
-from airflow_infra.config import InfraConfig
 from airflow_infra.errors import InfraEnvironmentError
 
 
@@ -17,18 +16,6 @@ def require_object_store(job: Job, target_name: str, what: str) -> None:
             f"{job.where}: target {target_name!r} runs on {what}, which cannot see this worker's files; "
             "set `artifacts:` in infra.yaml to an object store URL such as s3://aws_default@bucket/prefix"
         )
-
-
-def ensure_remote_image(job: Job, config: InfraConfig) -> str:
-    """The image reference for the job's environment, built and pushed first if missing."""
-    from airflow_infra.images.service import ensure_image, plan_image
-
-    plan = plan_image(job.environment, job.requirements_text, config)
-    try:
-        ensure_image(plan, config, lambda line: job.log.info("[build] %s", line))
-    except InfraEnvironmentError as exc:
-        raise InfraEnvironmentError(f"{job.where}: {exc}") from None
-    return plan.reference
 
 
 def store_conn_id(url: str) -> str | None:

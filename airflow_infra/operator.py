@@ -293,6 +293,14 @@ class InfraOperator(BaseOperator):
         for key in EXTRA_CONTEXT:
             if key in params and key not in user_keys:
                 kwargs[key] = context["ti"].map_index
+        from airflow.sdk.definitions.context import Context
+
+        for key, param in params.items():
+            # A run triggered without a logical date has no logical_date, ds, data_interval_*...:
+            # a function that names one gets None rather than a TypeError about its signature.
+            if key in Context.__annotations__ and key not in kwargs and key not in user_keys \
+                    and param.default is inspect.Parameter.empty and key not in context:
+                kwargs[key] = None
         args = [materialize(a) for a in self.op_args]
         return coerce_rendered(self.python_callable, args, kwargs, where(self.dag_id, self.task_id))
 

@@ -28,12 +28,14 @@ from airflow_infra import infra_task
 )
 def params_example():
     @infra_task(memory="{{ params.memory }}", cpu=0.5, timeout="10m")
-    def train(lr: float, params: dict, run_id: str, logical_date: datetime) -> dict:
+    def train(lr: float, params: dict, run_id: str, logical_date: datetime | None) -> dict:
         loss = 1.0
         for epoch in range(params["epochs"]):
             loss *= 1 - min(lr, 0.9)
             print(f"epoch {epoch}: loss {loss:.4f}")
-        return {"lr": lr, "epochs": params["epochs"], "loss": loss, "run_id": run_id, "year": logical_date.year}
+        return {"lr": lr, "epochs": params["epochs"], "loss": loss, "run_id": run_id,
+                # None when the run was triggered without a logical date (allowed in Airflow 3)
+                "year": logical_date.year if logical_date else None}
 
     @infra_task
     def report(result: dict) -> str:

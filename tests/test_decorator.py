@@ -234,3 +234,19 @@ def test_parsing_the_examples_imports_nothing_heavy_and_uses_no_network(tmp_path
     with_infra = _parse(REPO / "dags_examples")
     assert with_infra <= baseline, f"parsing @infra_task DAGs imported {with_infra - baseline} beyond plain Airflow"
     assert not with_infra & {"kubernetes", "boto3", "botocore", "docker"}
+
+
+def test_context_dates_a_run_lacks_arrive_as_none():
+    """A run triggered without a logical date has no logical_date or ds in its context."""
+    from types import SimpleNamespace
+
+    def fn(x: int, run_id: str, logical_date, ds=None):
+        return x
+
+    with DAG("ctx_dag", schedule=None):
+        op = InfraOperator(task_id="t", python_callable=fn, op_kwargs={"x": 1})
+    args, kwargs = op._call_arguments({"ti": SimpleNamespace(map_index=-1), "run_id": "manual__1", "params": {}})
+    import inspect
+
+    bound = inspect.signature(fn).bind(*args, **kwargs).arguments
+    assert bound == {"x": 1, "run_id": "manual__1", "logical_date": None}  # ds keeps its default

@@ -104,6 +104,23 @@ def test_limit_policy_and_root_are_the_targets_choice():
     assert not pod["spec"].get("securityContext") and not container.get("securityContext")
 
 
+def test_pod_template_is_the_base_the_call_is_merged_onto(tmp_path):
+    template = tmp_path / "pod.yaml"
+    template.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: template\n  labels: {cost-center: ml}\n"
+        "spec:\n  priorityClassName: batch-low\n  containers:\n  - name: base\n    image: placeholder\n"
+        "    env: [{name: FROM_TEMPLATE, value: '1'}]\n"
+    )
+    target = KubernetesTarget(kind="kubernetes", pod_template_file=str(template))
+    pod = pod_dict(Resources(memory="1Gi"), target)
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    container = pod["spec"]["containers"][0]
+    assert pod["spec"]["priorityClassName"] == "batch-low" and pod["metadata"]["labels"]["cost-center"] == "ml"
+    assert container["image"] == "127.0.0.1:5000/ml/env:abc"  # the call's image wins
+    assert {"name": "FROM_TEMPLATE", "value": "1"} in container["env"] and {"name": "A", "value": "1"} in container["env"]
+    assert container["resources"]["limits"] == {"memory": "1Gi"}
+
+
 def test_unknown_gpu_type_is_refused_naming_the_task():
     with pytest.raises(InfraConfigError, match=r"task 'fit_model'.*gpu_type='h100'.*\['a100'\]"):
         pod_dict(Resources(gpu=1, gpu_type="h100"), GPU_TARGET)

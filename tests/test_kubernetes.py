@@ -163,6 +163,7 @@ def test_seed_scenario_runs_pods_through_the_pod_operator(dags, docker_yaml, mot
     assert sorted(v.split(".")[0] for v in stored["ensemble"].result["numpy_versions"]) == ["1", "2"]
     assert stored["fit_b"].result["lr"] == 0.2
     assert "fit_b: gradient descent with numpy 2." in run.output  # the pod's log, through the operator
+    assert "cannot be called outside of the Task Runner" not in run.output  # delegated as the runner would
     assert stored["fit_a"].metrics["peak_memory_bytes"] > 0  # measured inside the pod
     links = run.links("fit_a")  # extra links, as Airflow stored them when the task finished
     assert links["ImageLink"].startswith(f"http://{registry.replace('127.0.0.1:5000', '127.0.0.1:5000/v2')}/airflow-infra-env/manifests/")

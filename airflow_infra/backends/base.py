@@ -69,6 +69,14 @@ def job_image(job: Job, config: Any) -> str:
     return plan.reference
 
 
+def execute_delegate(operator: Any, context: Any) -> Any:
+    """Run a provider operator's execute inside ours (composition), as the task runner would:
+    with its sentinel, so Airflow does not warn about an operator called outside the runner."""
+    from airflow.sdk.bases.operator import ExecutorSafeguard
+
+    return operator.execute(context, **{f"{type(operator).__name__}__sentinel": ExecutorSafeguard.sentinel_value})
+
+
 @contextmanager
 def deadline(seconds: float | None, on_expiry: Callable[[], None]) -> Iterator[None]:
     """Call on_expiry (from a timer thread) if the block is still running after `seconds`."""

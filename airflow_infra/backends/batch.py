@@ -15,7 +15,7 @@ from typing import Any
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_infra.artifacts import CALL_FILE, OUTCOME_FILE
-from airflow_infra.backends.base import Job, job_image
+from airflow_infra.backends.base import Job, execute_delegate, job_image
 from airflow_infra.config import BatchTarget, InfraConfig
 from airflow_infra.backends.remote import aws_environment, require_object_store
 from airflow_infra.errors import InfraTaskFailed
@@ -126,7 +126,7 @@ class BatchBackend:
         try:
             # In deferrable mode this raises TaskDeferred after submitting: Airflow then calls
             # InfraOperator.execute_complete, which comes back to resume() below.
-            operator.execute(job.context)
+            execute_delegate(operator, job.context)
         except TaskDeferred:
             raise
         except Exception as exc:  # noqa: BLE001 - explained below, unless the call reported its own error

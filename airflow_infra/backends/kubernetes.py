@@ -15,7 +15,7 @@ from typing import Any
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_infra.artifacts import CALL_FILE, OUTCOME_FILE
-from airflow_infra.backends.base import Job, job_image
+from airflow_infra.backends.base import Job, execute_delegate, job_image
 from airflow_infra.backends.remote import aws_environment, require_object_store, store_conn_id
 from airflow_infra.config import InfraConfig, KubernetesTarget, artifacts_url
 from airflow_infra.errors import InfraConfigError, InfraTaskFailed
@@ -166,7 +166,7 @@ class KubernetesBackend:
                                                          self._environment(job)))
         self._operator_running = operator
         try:
-            operator.execute(job.context)
+            execute_delegate(operator, job.context)
         except TaskDeferred as deferred:
             self._publish_pod_link(job, operator.pod)
             # The pod operator resumes in its own trigger_reentry; Airflow calls the method on

@@ -173,6 +173,19 @@ def test_seed_scenario_runs_pods_through_the_pod_operator(dags, docker_yaml, mot
 
 
 @pytest.mark.integration
+def test_mapped_tasks_run_one_pod_per_map_index(dags, docker_yaml, moto_s3, fake_kube):
+    write_kube_yaml(docker_yaml, moto_s3, rules="rules:\n  - {target: k8s}\n")
+    run = dags.test("fanout_example", conf={"n_shards": 3})
+    assert run.succeeded, run.output[-5000:]
+    stored = Client(moto_s3).run("fanout_example", run.run_id)
+    assert stored["count_words"].map_indexes == [0, 1, 2]
+    assert {stored["count_words"][i].target for i in range(3)} == {"k8s"}
+    assert stored["merge"].target == "k8s" and stored["merge"].result  # read the mapped references from S3
+    assert len({run.links("count_words", i)["PodLink"] for i in range(3)}) == 3
+    assert pods_left() == []
+
+
+@pytest.mark.integration
 def test_failed_pods_are_explained(dags, docker_yaml, moto_s3, fake_kube):
     write_kube_yaml(docker_yaml, moto_s3)
     run = dags.test("infra_kube_failures")

@@ -169,6 +169,7 @@ class KubernetesBackend:
             execute_delegate(operator, job.context)
         except TaskDeferred as deferred:
             self._publish_pod_link(job, operator.pod)
+            self._follow_reattached(job, operator.pod)  # so the resumed call finds the pod's folder
             # The pod operator resumes in its own trigger_reentry; Airflow calls the method on
             # InfraOperator, whose execute_complete comes back to resume() below.
             raise TaskDeferred(
@@ -192,6 +193,7 @@ class KubernetesBackend:
             operator.trigger_reentry(job.context, event or {})
         except Exception as exc:  # noqa: BLE001
             self._fail(job, operator, exc)
+        self._follow_reattached(job, operator.pod)
 
     def _follow_reattached(self, job: Job, pod: Any) -> None:
         """A retry that found its try's pod still running reads that pod's outputs."""
@@ -237,9 +239,11 @@ class KubernetesBackend:
             )
         terminated = next((s.terminated for s in states if s.terminated), None)
         if terminated is not None and (terminated.reason == "OOMKilled" or terminated.exit_code == 137):
-            limited = "memory" in resource_requirements(job.resources, self.target).get("limits", {})
-            limit = format_bytes(job.resources.memory) if limited else "its node's memory"
-            return f"out of memory: pod {name} hit its memory limit of {limit} and was killed (exit 137); raise `memory`"
+            if "memory" in resource_requirements(job.resources, self.target).get("limits", {}):
+                return (f"out of memory: pod {name} hit its memory limit of {format_bytes(job.resources.memory)} "
+                        "and was killed (exit 137); raise `memory`")
+            return (f"out of memory: pod {name} was killed (exit 137) with no memory limit set, so its node ran "
+                    "short; declare `memory` (or a larger one) so it is scheduled where that much is free")
         if terminated is not None:
             return f"pod {name} failed: exit code {terminated.exit_code} ({terminated.reason or 'no reason given'})"
         return f"pod {name} failed: {text.splitlines()[0] if text else type(exc).__name__}"

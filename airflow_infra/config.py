@@ -23,6 +23,12 @@ _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9
 LOCAL = "local"
 
 
+def check_registry(value: str | None) -> str | None:
+    if value is not None and not _REGISTRY.match(value):
+        raise ValueError(f"{value!r} is not a registry such as '127.0.0.1:5000/ml' or 'ghcr.io/org'")
+    return value
+
+
 def check_template(value: str | None, *names: str) -> str | None:
     """A URL template may use only the named placeholders (checked when infra.yaml loads)."""
     if value is not None:
@@ -111,9 +117,7 @@ class KubernetesTarget(_Target):
     @field_validator("pull_registry")
     @classmethod
     def _pull_registry(cls, value: str | None) -> str | None:
-        if value is not None and not _REGISTRY.match(value):
-            raise ValueError(f"{value!r} is not a registry such as '127.0.0.1:5000/ml'")
-        return value
+        return check_registry(value)
 
 
 class BatchTarget(_Target):
@@ -190,9 +194,7 @@ class InfraConfig(BaseModel):
     @field_validator("registry")
     @classmethod
     def _registry(cls, value: str | None) -> str | None:
-        if value is not None and not _REGISTRY.match(value):
-            raise ValueError(f"{value!r} is not a registry such as '127.0.0.1:5000/ml' or 'ghcr.io/org'")
-        return value
+        return check_registry(value)
 
     @field_validator("image_url")
     @classmethod

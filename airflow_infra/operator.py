@@ -267,14 +267,14 @@ class InfraOperator(BaseOperator):
         return {name: getattr(self, name) for name in DECLARED_FIELDS}
 
     def _call_arguments(self, context: Any) -> tuple[list, dict]:
+        import inspect
+
         from airflow.sdk.bases.decorator import KeywordParameters
-        from airflow.sdk.definitions.context import context_merge
+        from airflow.sdk.definitions.context import Context, context_merge
 
         user_keys = set(self.op_kwargs)
         context_merge(context, self.op_kwargs)
         wanted = KeywordParameters.determine(self.python_callable, self.op_args, context).unpacking()
-        import inspect
-
         params = inspect.signature(self.python_callable).parameters
         kwargs: dict[str, Any] = {}
         for key, value in wanted.items():
@@ -293,13 +293,11 @@ class InfraOperator(BaseOperator):
         for key in EXTRA_CONTEXT:
             if key in params and key not in user_keys:
                 kwargs[key] = context["ti"].map_index
-        from airflow.sdk.definitions.context import Context
-
         for key, param in params.items():
             # A run triggered without a logical date has no logical_date, ds, data_interval_*...:
             # a function that names one gets None rather than a TypeError about its signature.
-            if key in Context.__annotations__ and key not in kwargs and key not in user_keys \
-                    and param.default is inspect.Parameter.empty and key not in context:
+            # (The user's own arguments were merged into the context above.)
+            if key in Context.__annotations__ and key not in context and param.default is inspect.Parameter.empty:
                 kwargs[key] = None
         args = [materialize(a) for a in self.op_args]
         return coerce_rendered(self.python_callable, args, kwargs, where(self.dag_id, self.task_id))

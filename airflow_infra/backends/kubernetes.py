@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import TaskDeferred
 from airflow_infra.artifacts import CALL_FILE, OUTCOME_FILE
 from airflow_infra.backends.base import Job, execute_delegate, job_image
 from airflow_infra.backends.remote import aws_environment, require_object_store, store_conn_id
-from airflow_infra.config import InfraConfig, KubernetesTarget, artifacts_url
+from airflow_infra.config import InfraConfig, KubernetesTarget
 from airflow_infra.errors import InfraConfigError, InfraTaskFailed
 from airflow_infra.links import publish
 from airflow_infra.quantities import format_bytes
@@ -145,31 +145,28 @@ class KubernetesBackend:
         self.name, self.target, self.config = name, target, config
         self._operator_running = None
         self._reference = ""
-        self._task_uri = ""
         self._killed = False
 
     def _environment(self, job: Job) -> dict[str, str]:
         env = dict(job.environment.env)
-        url = artifacts_url(self.config)
-        if url.startswith(("s3://", "s3a://")):  # the pod reads and writes the store with s3fs
+        if job.store.url.startswith(("s3://", "s3a://")):  # the pod reads and writes the store with s3fs
             from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-            hook = AwsBaseHook(aws_conn_id=store_conn_id(url) or "aws_default", client_type="s3")
+            hook = AwsBaseHook(aws_conn_id=store_conn_id(job.store.url) or "aws_default", client_type="s3")
             env.update(aws_environment(hook, pass_credentials=self.target.pass_credentials))
         return env
 
     def run(self, job: Job) -> None:
         require_object_store(job, self.name, "Kubernetes")
         self._reference = pull_reference(job_image(job, self.config), self.config, self.target)
-        self._task_uri = task_uri = job.store.uri(job.task_dir)
+        task_uri = job.store.uri(job.task_dir)
         operator = make_operator(job, operator_arguments(job, self.target, self._reference, task_uri,
                                                          self._environment(job)))
         self._operator_running = operator
         try:
             execute_delegate(operator, job.context)
         except TaskDeferred as deferred:
-            self._publish_pod_link(job, operator.pod)
-            self._follow_reattached(job, operator.pod)  # so the resumed call finds the pod's folder
+            self._settle(job, operator.pod)  # so the resumed call finds the pod's folder
             # The pod operator resumes in its own trigger_reentry; Airflow calls the method on
             # InfraOperator, whose execute_complete comes back to resume() below.
             raise TaskDeferred(
@@ -177,15 +174,10 @@ class KubernetesBackend:
             ) from None
         except Exception as exc:  # noqa: BLE001 - explained below, unless the call reported its own error
             self._fail(job, operator, exc)
+            return
         finally:
             self._operator_running = None
-        self._publish_pod_link(job, operator.pod)
-        self._follow_reattached(job, operator.pod)
-
-    def _publish_pod_link(self, job: Job, pod: Any) -> None:
-        if self.target.dashboard_url and pod is not None:
-            url = self.target.dashboard_url.format(namespace=pod.metadata.namespace, name=pod.metadata.name)
-            publish(job.context, "pod", url)
+        self._settle(job, operator.pod)
 
     def resume(self, job: Job, event: dict[str, Any] | None) -> None:
         operator = make_operator(job, operator_arguments(job, self.target, "pending", job.store.uri(job.task_dir), {}))
@@ -193,29 +185,34 @@ class KubernetesBackend:
             operator.trigger_reentry(job.context, event or {})
         except Exception as exc:  # noqa: BLE001
             self._fail(job, operator, exc)
-        self._follow_reattached(job, operator.pod)
+            return
+        self._settle(job, operator.pod)
 
-    def _follow_reattached(self, job: Job, pod: Any) -> None:
-        """A retry that found its try's pod still running reads that pod's outputs."""
-        annotations = (getattr(getattr(pod, "metadata", None), "annotations", None) or {})
-        used = annotations.get(TASK_DIR_ANNOTATION)
+    def _settle(self, job: Job, pod: Any) -> None:
+        """Link the task instance to its pod; if the operator reattached to a pod an earlier
+        attempt of this try started, read that pod's outputs (its folder, in its annotation)."""
+        metadata = getattr(pod, "metadata", None)
+        if metadata is None:
+            return
+        if self.target.dashboard_url:
+            publish(job.context, "pod", self.target.dashboard_url.format(namespace=metadata.namespace, name=metadata.name))
+        used = (metadata.annotations or {}).get(TASK_DIR_ANNOTATION)
         if used and used != job.store.uri(job.task_dir):
             # Same try, same call: the folder this attempt prepared was never used.
-            job.log.info("reattached to pod %s: its results are in %s", pod.metadata.name, used)
+            job.log.info("reattached to pod %s: its results are in %s", metadata.name, used)
             job.store.remove_tree(job.task_dir)
             job.task_dir = job.store.path(used)
 
     def _fail(self, job: Job, operator: Any, exc: Exception) -> None:
         pod = operator.remote_pod or operator.pod
-        self._publish_pod_link(job, pod)
-        self._follow_reattached(job, pod)
+        self._settle(job, pod)
         if job.store.exists(job.task_dir / OUTCOME_FILE):
             return  # the function failed and said why: InfraOperator reports that
         if self._killed:
             raise InfraTaskFailed(f"{job.where}: the task was killed; its pod was deleted") from None
-        raise InfraTaskFailed(f"{job.where}: {self.explain(job, pod, exc)}") from None
+        raise InfraTaskFailed(f"{job.where}: {self._explain(job, pod, exc)}") from None
 
-    def explain(self, job: Job, pod: Any, exc: Exception) -> str:
+    def _explain(self, job: Job, pod: Any, exc: Exception) -> str:
         """Say which way the pod failed and what to change, from its last status."""
         text = str(exc)
         status = getattr(pod, "status", None)
@@ -258,6 +255,7 @@ class KubernetesBackend:
             return
         # Killed between the pod's creation and the operator learning its name: find it by
         # the task folder only this call's pod carries.
+        task_uri = operator.annotations[TASK_DIR_ANNOTATION]
         for pod in operator.client.list_namespaced_pod(self.target.namespace).items:
-            if (pod.metadata.annotations or {}).get(TASK_DIR_ANNOTATION) == self._task_uri:
+            if (pod.metadata.annotations or {}).get(TASK_DIR_ANNOTATION) == task_uri:
                 operator.client.delete_namespaced_pod(pod.metadata.name, self.target.namespace)

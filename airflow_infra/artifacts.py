@@ -3,6 +3,7 @@
     {artifacts}/{dag_id}/{run_id}/{task_id}/{map_index}/{try_number}/
         call.pkl       the function and its arguments (cloudpickle)
         call.json      what ran: function, environment hash, target, resources
+        handle.json    how to find the running call again (its target's handle)
         out-0.pkl ...  each output (one, or one per key with multiple_outputs)
         outcome.json   written last: ok or error, outputs, measured resources
 
@@ -19,13 +20,17 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow_infra.runtime import OUTCOME_FILE, REF_KEY, atomic_write  # noqa: F401  (the wire format lives in runtime)
+# The wire format lives in runtime (it runs where this package is not installed); the rest
+# of the package takes these names from here.
+from airflow_infra.runtime import OUTCOME_FILE, REF_KEY, atomic_write, map_refs
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
 CALL_FILE = "call.pkl"
 CALL_META_FILE = "call.json"
+HANDLE_FILE = "handle.json"
+CACHE_DIR = "_cache"  # {artifacts}/_cache/{key}.json: the result cache's index
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -48,19 +53,11 @@ def make_ref(uri: str, type_name: str, size: int, sha256: str | None = None) -> 
     return {REF_KEY: uri, "type": type_name, "bytes": size, "sha256": sha256}
 
 
-def is_ref(value: Any) -> bool:
-    return isinstance(value, dict) and isinstance(value.get(REF_KEY), str)
-
-
 def find_refs(value: Any) -> list[str]:
     """Every artifact URI referenced anywhere inside nested lists, tuples and dicts."""
-    if is_ref(value):
-        return [value[REF_KEY]]
-    if isinstance(value, dict):
-        return [u for v in value.values() for u in find_refs(v)]
-    if isinstance(value, (list, tuple)):
-        return [u for v in value for u in find_refs(v)]
-    return []
+    found: list[str] = []
+    map_refs(value, lambda ref: found.append(ref[REF_KEY]))
+    return found
 
 
 class ArtifactStore:

@@ -57,11 +57,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _plans(files: list[str], check: bool):
     from airflow_infra.config import load_config
-    from airflow_infra.planning import attach_images, load_dags, plan_dag
+    from airflow_infra.pipeline.plan import check_images, load_dags, plan_dag
 
     config = load_config()
     plans = [plan for path in files for dag in load_dags(path) for plan in plan_dag(dag, config)]
-    attach_images(plans, config, check=check)
+    if check:
+        check_images(plans, config)
     return config, plans
 
 
@@ -72,11 +73,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if plan.error:
             print(f"{label}\n    error: {plan.error}")
             continue
-        exists = {True: "exists", False: "missing", None: "not checked"}[plan.exists]
-        print(f"{label}\n    target: {plan.route.target} ({plan.kind}): {plan.route.reason}")
+        call = plan.call
+        print(f"{label}\n    target: {call.route.target} ({call.kind.name}): {call.route.reason}")
         if plan.templated:
             print(f"    templated, decided at run time: {', '.join(plan.templated)}")
-        print(f"    image: {plan.reference} ({exists}{'' if plan.needs_image else '; the local target runs without it'})")
+        if plan.needs_image:
+            exists = {True: "exists", False: "missing", None: "not checked"}[plan.exists]
+            print(f"    image: {plan.reference} ({exists})")
+        else:
+            print(f"    environment: {call.environment_hash[:24]} (a {call.kind.name} target runs without an image; "
+                  f"`build --all` would build {plan.reference})")
     return 1 if any(p.error for p in plans) else 0
 
 
@@ -95,7 +101,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     for i, (reference, plan) in enumerate(sorted(wanted.items()), 1):
         print(f"[{i}/{len(wanted)}] {reference} (for {plan.dag_id}.{plan.task_id})", flush=True)
         try:
-            if ensure_image(plan_image(plan.environment, plan.requirements_text, config), config, lambda line: print(f"    {line}")):
+            image = plan_image(plan.call.environment, plan.call.requirements_text, config)
+            if ensure_image(image, config, lambda line: print(f"    {line}")):
                 built += 1
             else:
                 present += 1

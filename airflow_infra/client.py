@@ -19,13 +19,13 @@ from functools import cached_property
 from typing import Any
 
 from airflow_infra.artifacts import (
+    CACHE_DIR,
     CALL_META_FILE,
+    OUTCOME_FILE,
     ArtifactStore,
     attempt_order,
     path_component,
 )
-from airflow_infra.cache import CACHE_DIR
-from airflow_infra.runtime import OUTCOME_FILE
 
 
 class Call:

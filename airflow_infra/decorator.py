@@ -9,7 +9,8 @@ import attr
 from airflow.sdk.bases.decorator import DecoratedOperator, _TaskDecorator
 from airflow.sdk.definitions._internal.contextmanager import DagContext
 
-from airflow_infra.operator import InfraOperator, declaration_from, validate_declaration
+from airflow_infra.operator import InfraOperator
+from airflow_infra.pipeline.declaration import declaration_from, validate_declaration
 
 
 class InfraDecoratedOperator(DecoratedOperator, InfraOperator):

@@ -1,6 +1,7 @@
-"""Extra links from an infra task instance to where it ran: its image, its pod, its Batch job.
+"""Extra links from an infra task instance to where it ran: its image here, and each
+target kind's own (its pod, its Batch job) in the kind's folder.
 
-Backends record each URL in an XCom entry of its own while the task runs (`publish`); the
+Runners record each URL in an XCom entry of its own while the task runs (`publish`); the
 links read them back when Airflow stores them at the end of the task. Kept free of provider imports: this
 module loads with the operator at DAG parse time.
 """
@@ -43,12 +44,7 @@ def image_url(reference: str, template: str | None) -> str | None:
     return f"{ref.base_url}/v2/{ref.repository}/manifests/{ref.tag}"
 
 
-def batch_job_url(job_id: str, region: str | None, partition: str = "aws") -> str:
-    domain = {"aws-cn": "amazonaws.cn", "aws-us-gov": "amazonaws-us-gov.com"}.get(partition, "aws.amazon.com")
-    return f"https://console.{domain}/batch/home?region={region or 'us-east-1'}#jobs/detail/{job_id}"
-
-
-class _InfraLink(BaseOperatorLink):
+class InfraLink(BaseOperatorLink):
     name: ClassVar[str]
     part: ClassVar[str]
 
@@ -59,19 +55,17 @@ class _InfraLink(BaseOperatorLink):
         return url if isinstance(url, str) else ""
 
 
-class ImageLink(_InfraLink):
+class ImageLink(InfraLink):
     name = "Image"
     part = "image"
 
 
-class PodLink(_InfraLink):
-    name = "Kubernetes pod"
-    part = "pod"
+def _kind_links() -> tuple[BaseOperatorLink, ...]:
+    # Each kind keeps its links in its folder; these modules import nothing heavy.
+    from airflow_infra.targets.batch.links import BatchJobLink
+    from airflow_infra.targets.kubernetes.links import PodLink
+
+    return (PodLink(), BatchJobLink())
 
 
-class BatchJobLink(_InfraLink):
-    name = "Batch job"
-    part = "batch_job"
-
-
-INFRA_LINKS = (ImageLink(), PodLink(), BatchJobLink())
+INFRA_LINKS = (ImageLink(), *_kind_links())

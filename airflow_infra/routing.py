@@ -13,13 +13,18 @@ a tree of plain tuples and evaluated by walking it: there is no eval anywhere.
 from __future__ import annotations
 
 import operator
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from airflow_infra.errors import InfraConfigError, where
 from airflow_infra.quantities import format_bytes, parse_bytes, parse_cpu, parse_seconds
 from airflow_infra.spec import Resources
+
+if TYPE_CHECKING:
+    from airflow_infra.config import InfraConfig
 
 _NUMERIC: dict[str, Callable[[str], float]] = {
     "cpu": lambda v: parse_cpu(v) / 1000,
@@ -175,3 +180,42 @@ def describe(resources: Resources) -> str:
             continue
         parts.append(f"{key}={format_bytes(value) if key in ('memory', 'disk', 'shm') else value}")
     return ", ".join(parts) or "no resources declared"
+
+
+FORCE_TARGET_ENV = "AIRFLOW_INFRA_TARGET"
+LOCAL = "local"  # the built-in target every configuration has
+
+
+@dataclass(frozen=True)
+class Route:
+    target: str
+    reason: str
+
+
+def route(config: InfraConfig, resources: Resources, hint: str, dag_id: str, task_id: str) -> Route:
+    """Choose the target: the forcing variable, then the task's pin, then the first matching rule."""
+    forced = os.environ.get(FORCE_TARGET_ENV)
+    if forced:
+        if forced not in config.targets:
+            raise InfraConfigError(
+                f"{FORCE_TARGET_ENV}={forced!r} names no target; known targets: {sorted(config.targets)}"
+            )
+        return Route(forced, f"{FORCE_TARGET_ENV} forces every task to {forced!r}")
+    if hint != "auto":
+        if hint not in config.targets:
+            raise InfraConfigError(
+                f"{where(dag_id, task_id)}: target={hint!r} is not among the configured targets {sorted(config.targets)}"
+            )
+        return Route(hint, f"the task pins target={hint!r}")
+    if not config.rules:
+        return Route(LOCAL, "no routing rules are configured: the built-in local target runs everything")
+    for i, rule in enumerate(config.rules, 1):
+        condition = rule.condition
+        if condition is None:
+            return Route(rule.target, f"rule {i} (catch-all) matched")
+        if condition.matches(resources):
+            return Route(rule.target, f"rule {i} {condition.text!r} matched ({describe(resources)})")
+    raise InfraConfigError(
+        f"{where(dag_id, task_id)}: no routing rule matched ({describe(resources)}); "
+        "add a catch-all rule such as '- {target: k8s}' at the end of rules"
+    )

@@ -32,7 +32,7 @@ OUTCOME_FILE = "outcome.json"
 PLAIN_TYPES = (str, int, float, bool, type(None))
 EXIT_USER_ERROR = 3
 HASH_MAX_BYTES = 64 << 20
-CONTROL = "\x1eairflow-infra\x1e "  # prefixes the serve mode's own lines on stdout
+CONTROL = "AIRFLOW_INFRA_CONTROL_FD"  # names, in serve mode, the fd of the control socket to the worker
 
 
 @contextmanager
@@ -117,14 +117,21 @@ def _load_ref(uri: str, local: dict[str, str]) -> Any:
         return pickle.load(fh)
 
 
-def resolve_refs(value: Any, local: dict[str, str]) -> Any:
+def map_refs(value: Any, replace: Any) -> Any:
+    """`value` with every artifact reference inside its lists, tuples and dicts replaced by
+    replace(ref). The one walk over values that looks for references: the worker (finding,
+    hashing, loading them) and this runtime use it alike."""
     if type(value) is dict and isinstance(value.get(REF_KEY), str):
-        return _load_ref(value[REF_KEY], local)
+        return replace(value)
     if type(value) is dict:
-        return {k: resolve_refs(v, local) for k, v in value.items()}
+        return {k: map_refs(v, replace) for k, v in value.items()}
     if type(value) in (list, tuple):
-        return type(value)(resolve_refs(v, local) for v in value)
+        return type(value)(map_refs(v, replace) for v in value)
     return value
+
+
+def resolve_refs(value: Any, local: dict[str, str]) -> Any:
+    return map_refs(value, lambda ref: _load_ref(ref[REF_KEY], local))
 
 
 def _peak_rss_kib() -> int:
@@ -245,40 +252,113 @@ def main(argv: list[str]) -> int:
     return 0 if outcome["ok"] else EXIT_USER_ERROR
 
 
-def serve() -> int:
-    """Warm mode: fork one child per request line, so each call skips interpreter start-up.
+def _send(sock: Any, message: dict[str, Any]) -> None:
+    sock.sendall(json.dumps(message).encode() + b"\n")
 
-    Requests arrive on stdin as JSON lines {"argv": [...], "cwd": ..., "env": {...}}. For
-    each, a forked child (its own session and process group) runs `main`; the child's
-    output shares this process's stdout. Control lines, marked with CONTROL, report the
-    child's pid and, once it has exited and its group is killed, its exit code. EOF on
-    stdin (the worker has gone) ends the server.
+
+def _wait_call(sock: Any, pid: int) -> Any:
+    """Wait until the call's child has exited, without reaping it (the worker may still kill its group).
+
+    If the worker goes away meanwhile (EOF on the control socket), end the call: it must
+    not outlive its task.
     """
+    import select
+    import socket
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel): just wait
+        pidfd = None
+    if pidfd is not None:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.register(sock, select.POLLIN)
+        if pidfd not in dict(poller.poll()):  # the socket woke us: EOF, or (unexpected) data
+            try:
+                gone = sock.recv(1, socket.MSG_PEEK) == b""
+            except OSError:  # ECONNRESET: the worker died with replies unread
+                gone = True
+            if gone:
+                _killpg(pid)
+            poller.unregister(sock)
+            poller.poll()  # now the child alone
+        os.close(pidfd)
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, 9)
+    except OSError:
+        pass
+
+
+def serve() -> int:
+    """Warm mode: fork one child per request, so each call skips interpreter start-up.
+
+    The worker talks to this server over a Unix socket whose fd number is in the CONTROL
+    environment variable; the call's output never touches it. A request is one JSON line
+    {"call": id, "argv": [...], "cwd": ..., "env": {...}} sent together with one file
+    descriptor, the write end of the pipe that is to be the call's stdout and stderr. For
+    each, a forked child (its own session and process group) runs `main`; the server
+    answers {"call": id, "pid": pid}, then, once the child has exited and its group is
+    killed, {"call": id, "exit": code} (negative: killed by that signal). EOF on the
+    socket (the worker has gone) ends the server, and any call still running.
+    """
+    import socket
+
     import cloudpickle  # noqa: F401  (the point of serving: every child inherits it loaded)
 
-    for line in sys.stdin:
-        request = json.loads(line)
-        sys.stdout.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 70
-            try:
-                os.setsid()
-                os.chdir(request["cwd"])
-                os.environ.update(request["env"])
-                code = main(["runtime", *request["argv"]])
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        print(f"{CONTROL}pid {pid}", flush=True)
-        _, status = os.waitpid(pid, 0)
-        try:
-            os.killpg(pid, 9)  # anything the call left running in its group
-        except OSError:
-            pass
-        print(f"{CONTROL}exit {os.waitstatus_to_exitcode(status)}", flush=True)
-    return 0
+    sock = socket.socket(fileno=int(os.environ.pop(CONTROL)))  # popped: calls must not see it
+    os.set_inheritable(sock.fileno(), False)
+    buffer, fds, zombie = b"", [], None
+    try:
+        while True:
+            while b"\n" not in buffer:
+                data, new_fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
+                fds += new_fds
+                if not data:
+                    return 0
+                buffer += data
+            line, _, buffer = buffer.partition(b"\n")
+            request = json.loads(line)
+            out = fds.pop(0)
+            if zombie is not None:
+                # Reaped only now: the worker has finished with the previous call (it sends
+                # a request only then), so its kill can no longer hit a reused pid.
+                os.waitpid(zombie, 0)
+                zombie = None
+            pid = os.fork()
+            if pid == 0:
+                code = 70
+                try:
+                    sock.close()  # the call must not be able to write control messages
+                    os.setsid()
+                    os.dup2(out, 1)
+                    os.dup2(out, 2)
+                    os.close(out)
+                    os.chdir(request["cwd"])
+                    os.environ.update(request["env"])
+                    code = main(["runtime", *request["argv"]])
+                except BaseException:  # noqa: BLE001 - reported on the call's own output
+                    import traceback
+
+                    traceback.print_exc()
+                finally:
+                    try:
+                        sys.stdout.flush()
+                        sys.stderr.flush()
+                    finally:  # never fall back into the server's loop
+                        os._exit(code)
+            os.close(out)  # the child's copy is the only writer: EOF reaches the worker when the call ends
+            _send(sock, {"call": request["call"], "pid": pid})
+            info = _wait_call(sock, pid)
+            _killpg(pid)  # anything the call left running in its group (the zombie leader keeps the pgid reserved)
+            signalled = info.si_code != os.CLD_EXITED
+            _send(sock, {"call": request["call"], "exit": -info.si_status if signalled else info.si_status})
+            zombie = pid
+    except (BrokenPipeError, ConnectionResetError):
+        return 0  # the worker went away mid-reply
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Any
 
 from airflow.sdk.bases.xcom import BaseXCom
 
-from airflow_infra.artifacts import REF_KEY, is_ref
+from airflow_infra.artifacts import REF_KEY, map_refs
 
 _KEEP_REFERENCES = contextvars.ContextVar("airflow_infra_keep_references", default=False)
 
@@ -37,13 +37,7 @@ def keep_references() -> Iterator[None]:
 def load_references(value: Any) -> Any:
     from airflow.sdk import ObjectStoragePath
 
-    if is_ref(value):
-        return pickle.loads(ObjectStoragePath(value[REF_KEY]).read_bytes())
-    if isinstance(value, dict):
-        return {k: load_references(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(load_references(v) for v in value)
-    return value
+    return map_refs(value, lambda ref: pickle.loads(ObjectStoragePath(ref[REF_KEY]).read_bytes()))
 
 
 class InfraXComBackend(BaseXCom):

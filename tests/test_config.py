@@ -1,7 +1,8 @@
 import pytest
 
-from airflow_infra.config import InfraConfig, LocalTarget, load_config
+from airflow_infra.config import InfraConfig, load_config
 from airflow_infra.errors import InfraConfigError
+from airflow_infra.targets.local import LocalTarget
 
 DESIGN_EXAMPLE = """
 registry: 123456789012.dkr.ecr.us-east-1.amazonaws.com/ml

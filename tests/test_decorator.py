@@ -243,9 +243,9 @@ def test_context_dates_a_run_lacks_arrive_as_none():
     def fn(x: int, run_id: str, logical_date, ds=None):
         return x
 
-    with DAG("ctx_dag", schedule=None):
-        op = InfraOperator(task_id="t", python_callable=fn, op_kwargs={"x": 1})
-    args, kwargs = op._call_arguments({"ti": SimpleNamespace(map_index=-1), "run_id": "manual__1", "params": {}})
+    from airflow_infra.pipeline.arguments import call_arguments
+
+    args, kwargs = call_arguments(fn, [], {"x": 1}, {"ti": SimpleNamespace(map_index=-1), "run_id": "manual__1", "params": {}}, "here")
     import inspect
 
     bound = inspect.signature(fn).bind(*args, **kwargs).arguments

@@ -17,10 +17,11 @@ import kubernetes_validate
 import pytest
 import requests
 
-from airflow_infra.backends.base import Job
-from airflow_infra.backends.kubernetes import TASK_DIR_ANNOTATION, make_operator, operator_arguments
 from airflow_infra.client import Client
-from airflow_infra.config import InfraConfig, KubernetesTarget
+from airflow_infra.config import InfraConfig
+from airflow_infra.targets.contract import Call
+from airflow_infra.targets.kubernetes import KubernetesTarget
+from airflow_infra.targets.kubernetes.podspec import TASK_DIR_ANNOTATION, make_operator, operator_arguments
 from airflow_infra.errors import InfraConfigError
 from airflow_infra.spec import Environment, Resources
 
@@ -33,9 +34,9 @@ def pod_dict(resources: Resources, target: KubernetesTarget | None = None, task_
     from kubernetes.client import ApiClient
 
     target = target or KubernetesTarget(kind="kubernetes")
-    job = Job("recsys", task_id, Environment(), resources, None, None, [], logging.getLogger("test"))
-    args = operator_arguments(job, target, "127.0.0.1:5000/ml/env:abc", "s3://bucket/run/t/-1/1", {"A": "1"})
-    pod = make_operator(job, args).build_pod_request_obj(dry_run=True)
+    call = Call("recsys", task_id, "run", -1, 1, Environment(), resources, None, None, logging.getLogger("test"))
+    args = operator_arguments(call, target, "127.0.0.1:5000/ml/env:abc", "s3://bucket/run/t/-1/1", {"A": "1"})
+    pod = make_operator(call, args).build_pod_request_obj(dry_run=True)
     return ApiClient().sanitize_for_serialization(pod)
 
 

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from airflow_infra import Environment
-from airflow_infra.local_env import READY, ensure_env, env_key
+from airflow_infra.targets.local.venvs import READY, ensure_env, env_key
 
 
 def _build(args: tuple[str, list[str]]) -> tuple[str, bool]:

@@ -1,9 +1,9 @@
 import pytest
 
 from airflow_infra import Resources
-from airflow_infra.config import InfraConfig, route
+from airflow_infra.config import InfraConfig
 from airflow_infra.errors import InfraConfigError
-from airflow_infra.routing import Condition, RuleSyntaxError
+from airflow_infra.routing import Condition, RuleSyntaxError, route
 
 CONFIG = InfraConfig.model_validate(
     {

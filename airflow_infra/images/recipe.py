@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airflow_infra import runtime
+from airflow_infra.envbuild import RECIPE_VERSION
 from airflow_infra.spec import Environment
 
-RECIPE_VERSION = "1"
 REPOSITORY = "airflow-infra-env"
 VENV = "/opt/airflow-infra/venv"
 RUNTIME_PATH = "/opt/airflow-infra/runtime.py"
@@ -130,7 +130,7 @@ def make_recipe(
     ca_certificate_files: list[str] | tuple[str, ...] = (),
     extra_requirements: list[str] | tuple[str, ...] = (),
 ) -> ImageRecipe:
-    from airflow_infra.local_env import runtime_requirements, uv_binary
+    from airflow_infra.envbuild import runtime_requirements, uv_binary
 
     lines = [*runtime_requirements(), *extra_requirements, *environment.packages]
     if requirements_text:

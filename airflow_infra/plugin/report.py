@@ -17,9 +17,10 @@ import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow_infra.planning import TaskPlan
+if TYPE_CHECKING:
+    from airflow_infra.pipeline.plan import TaskPlan
 
 PARSE_TIMEOUT = 60.0
 
@@ -65,17 +66,18 @@ def in_child(fn: Callable[[], Any], timeout: float = PARSE_TIMEOUT) -> Any:
 
 
 def plan_json(plan: TaskPlan) -> dict[str, Any]:
-    env = plan.environment
+    call = plan.call
+    env = call.environment if call else None
     return {
         "task_id": plan.task_id,
         "mapped": plan.mapped,
-        "target": plan.route.target if plan.route else None,
-        "kind": plan.kind,
-        "reason": plan.route.reason if plan.route else None,
+        "target": call.route.target if call else None,
+        "kind": call.kind.name if call else None,
+        "reason": call.route.reason if call else None,
         "image": plan.reference,
         "needs_image": plan.needs_image,
         "exists": plan.exists,
-        "requested": plan.resources.model_dump(exclude_none=True) if plan.resources else {},
+        "requested": call.resources.model_dump(exclude_none=True) if call else {},
         "templated": plan.templates,
         "environment": None
         if env is None
@@ -97,7 +99,7 @@ def plan_file(path: str, dag_ids: Iterable[str], check: bool) -> dict[str, Any]:
     Existence is asked (registry or engine) only for tasks whose target needs an image."""
     from airflow_infra.config import load_config
     from airflow_infra.errors import InfraError
-    from airflow_infra.planning import attach_images, load_dags, plan_dag
+    from airflow_infra.pipeline.plan import check_images, load_dags, plan_dag
 
     try:
         config = load_config()
@@ -106,8 +108,8 @@ def plan_file(path: str, dag_ids: Iterable[str], check: bool) -> dict[str, Any]:
         return {"error": str(exc)}
     plans = {dag.dag_id: plan_dag(dag, config) for dag in dags}
     flat = [p for dag_plans in plans.values() for p in dag_plans]
-    attach_images([p for p in flat if p.needs_image], config, check=check)
-    attach_images([p for p in flat if not p.needs_image], config, check=False)
+    if check:
+        check_images(flat, config)
     return {"dags": {dag_id: [plan_json(p) for p in dag_plans] for dag_id, dag_plans in plans.items()}}
 
 

@@ -16,20 +16,26 @@ import hashlib
 import pickle
 from typing import Any
 
-from airflow_infra.artifacts import REF_KEY, ArtifactStore, is_ref
-from airflow_infra.runtime import OUTCOME_FILE
-
-CACHE_DIR = "_cache"
+from airflow_infra.artifacts import CACHE_DIR, CALL_META_FILE, OUTCOME_FILE, REF_KEY, ArtifactStore, map_refs
 
 
 def _identity(value: Any) -> Any:
-    if is_ref(value):
-        return ("ref", value.get("sha256") or value[REF_KEY])
-    if isinstance(value, dict):
-        return ("dict", [(k, _identity(v)) for k, v in value.items()])
-    if isinstance(value, (list, tuple)):
-        return (type(value).__name__, [_identity(v) for v in value])
-    return value
+    """The value with each reference replaced by what identifies its content."""
+    return map_refs(value, lambda ref: {"__ref_identity__": ref.get("sha256") or ref[REF_KEY]})
+
+
+def key_for(setting: bool | str, meta: dict[str, Any], args: list, kwargs: dict, multiple_outputs: bool) -> str | None:
+    """The call's cache key, or None when the task does not cache (`cache=False`)."""
+    if setting is False:
+        return None
+    return cache_key(
+        fingerprint=meta["code_fingerprint"],
+        args=args,
+        kwargs=kwargs,
+        environment_hash=meta["environment_hash"],
+        version="" if setting is True else str(setting),
+        multiple_outputs=bool(multiple_outputs),
+    )
 
 
 def cache_key(
@@ -59,6 +65,26 @@ def lookup(store: ArtifactStore, key: str) -> dict[str, Any] | None:
     if not all(store.exists(store.path(o["uri"])) for o in outputs):
         return None
     return {**entry, "outcome": {**outcome, "outputs": outputs}}
+
+
+def serve(store: ArtifactStore, folder: Any, meta: dict[str, Any], key: str, log: Any) -> dict[str, Any] | None:
+    """On a hit, record this call as served from the cache (its call.json and outcome.json)
+    and return the outcome; on a miss, note the key in `meta` for `record` after the run."""
+    hit = lookup(store, key)
+    meta["cache"] = {"key": key, "hit": hit is not None}
+    if hit is None:
+        log.info("cache miss (key %s): running", key[:12])
+        return None
+    source = {k: hit[k] for k in ("dag_id", "task_id", "run_id", "map_index", "task_dir")}
+    log.info(
+        "cache hit: reusing the result of run %r (DAG %r, task %r, map index %s) from %s",
+        source["run_id"], source["dag_id"], source["task_id"], source["map_index"], source["task_dir"],
+    )
+    meta["cache"]["from"] = source
+    store.write_json(folder / CALL_META_FILE, meta)
+    outcome = {**hit["outcome"], "cache_hit": source}
+    store.write_json(folder / OUTCOME_FILE, outcome)
+    return outcome
 
 
 def record(store: ArtifactStore, key: str, task_dir: Any, call_meta: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Cached virtual environments for the local target, built with uv.
+"""Cached virtual environments for the local kind, built with uv.
 
 One directory per environment hash under the cache dir. A ready environment has a marker
 file, written last; checking it is the whole warm path. Builders of the same hash take an
@@ -18,31 +18,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from airflow_infra.envbuild import RECIPE_VERSION, runtime_requirements, uv_binary
 from airflow_infra.errors import InfraEnvironmentError
 from airflow_infra.spec import Environment
 
 READY = ".airflow-infra-ready"
-# Bump when the layout of a built environment changes, so old caches are not reused.
-RECIPE_VERSION = "1"
-
-
-def uv_binary() -> str:
-    try:
-        from uv import find_uv_bin
-
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        found = shutil.which("uv")
-        if not found:
-            raise InfraEnvironmentError("uv is not installed: `pip install uv` next to Airflow") from None
-        return found
-
-
-def runtime_requirements() -> list[str]:
-    """What the runtime itself needs inside every environment (pinned to the worker's version)."""
-    import cloudpickle
-
-    return [f"cloudpickle=={cloudpickle.__version__}"]
 
 
 def env_key(environment: Environment, requirements_text: str | None) -> str:

@@ -1,4 +1,4 @@
-"""The batch target: the call runs as an AWS Batch job, through the amazon provider's BatchOperator.
+"""The batch kind's runner: the call runs as an AWS Batch job, through the amazon provider's BatchOperator.
 
 One job definition per image and target options, registered once and reused (a changed
 image registers a new revision); per call, SubmitJob overrides only the command (two
@@ -12,14 +12,13 @@ import hashlib
 import re
 from typing import Any
 
-from airflow.sdk.exceptions import TaskDeferred
-
-from airflow_infra.artifacts import CALL_FILE, OUTCOME_FILE
-from airflow_infra.backends.base import Job, execute_delegate, job_image
-from airflow_infra.config import BatchTarget, InfraConfig
-from airflow_infra.backends.remote import aws_environment, require_object_store
+from airflow_infra.artifacts import CALL_FILE
 from airflow_infra.errors import InfraTaskFailed
-from airflow_infra.links import batch_job_url, publish
+from airflow_infra.targets.batch import BatchTarget
+from airflow_infra.targets.batch.links import batch_job_url
+from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
+from airflow_infra.targets.image import prepare_image
+from airflow_infra.targets.remote import aws_environment, require_object_store
 
 DEFINITION_PREFIX = "airflow-infra-"
 LOG_GROUP = "/aws/batch/job"
@@ -65,8 +64,8 @@ def ensure_job_definition(client: Any, name: str, target: BatchTarget, reference
     return registered["jobDefinitionArn"]
 
 
-def resource_requirements(job: Job) -> list[dict[str, str]]:
-    res = job.resources
+def resource_requirements(call: Call) -> list[dict[str, str]]:
+    res = call.resources
     out = [
         {"type": "VCPU", "value": f"{res.cpu:g}" if res.cpu else "1"},
         {"type": "MEMORY", "value": str(max(4, (res.memory or 512 << 20) >> 20))},  # MiB
@@ -76,21 +75,22 @@ def resource_requirements(job: Job) -> list[dict[str, str]]:
     return out
 
 
-class BatchBackend:
-    def __init__(self, name: str, target: BatchTarget, config: InfraConfig):
-        self.name, self.target, self.config = name, target, config
-        self._operator_running = None
+class BatchRunner(Runner):
+    kind = "batch"
 
-    def _job_environment(self, job: Job, hook: Any) -> list[dict[str, str]]:
-        env = {**job.environment.env, **aws_environment(hook, pass_credentials=self.target.pass_credentials)}
-        return [{"name": k, "value": v} for k, v in sorted(env.items())]
+    _reference = ""
+    _operator: Any = None
 
-    def _operator(self, job: Job) -> Any:
+    def prepare(self, call: Call) -> None:
+        require_object_store(call, self.name, "AWS Batch")
+        self._reference = prepare_image(call, self.config)
+
+    def _make_operator(self, call: Call) -> Any:
         from airflow.providers.amazon.aws.operators.batch import BatchOperator
 
         operator = BatchOperator(
-            task_id=re.sub(r"[^A-Za-z0-9_.-]", "_", f"{job.task_id}.batch")[:250],
-            job_name=re.sub(r"[^A-Za-z0-9_-]", "-", f"{job.dag_id}-{job.task_id}")[:128],
+            task_id=re.sub(r"[^A-Za-z0-9_.-]", "_", f"{call.task_id}.batch")[:250],
+            job_name=re.sub(r"[^A-Za-z0-9_-]", "-", f"{call.dag_id}-{call.task_id}")[:128],
             job_definition="pending",
             job_queue=self.target.job_queue,
             aws_conn_id=self.target.aws_conn_id,
@@ -103,61 +103,66 @@ class BatchBackend:
         )
         if self.target.poll_interval:
             operator.hook.DEFAULT_DELAY_MIN = operator.hook.DEFAULT_DELAY_MAX = self.target.poll_interval
+        self._operator = operator
         return operator
 
-    def run(self, job: Job) -> None:
-        require_object_store(job, self.name, "AWS Batch")
-        reference = job_image(job, self.config)
-        operator = self._operator(job)
-        client = operator.hook.client
+    def submit(self, call: Call) -> Handle:
+        operator = self._make_operator(call)
         operator.job_definition = ensure_job_definition(
-            client, _definition_name(self.name, reference), self.target, reference, job.resources.shm,
-            lambda line: job.log.info("%s", line),
+            operator.hook.client, _definition_name(self.name, self._reference), self.target, self._reference,
+            call.resources.shm, lambda line: call.log.info("%s", line),
         )
-        task_uri = job.store.uri(job.task_dir)
         operator.container_overrides = {
-            "command": [f"{task_uri}/{CALL_FILE}", task_uri],
-            "resourceRequirements": resource_requirements(job),
-            "environment": self._job_environment(job, operator.hook),
+            "command": [f"{call.folder_uri}/{CALL_FILE}", call.folder_uri],
+            "resourceRequirements": resource_requirements(call),
+            "environment": self._job_environment(call, operator.hook),
         }
-        if job.resources.timeout:
-            operator.submit_job_timeout = max(60, int(job.resources.timeout))  # Batch's minimum
-        self._operator_running = operator
+        if call.resources.timeout:
+            operator.submit_job_timeout = max(60, int(call.resources.timeout))  # Batch's minimum
         try:
-            # In deferrable mode this raises TaskDeferred after submitting: Airflow then calls
-            # InfraOperator.execute_complete, which comes back to resume() below.
-            execute_delegate(operator, job.context)
-        except TaskDeferred:
-            raise
-        except Exception as exc:  # noqa: BLE001 - explained below, unless the call reported its own error
-            self._fail(job, client, operator.job_id, exc)
-        finally:
-            self._operator_running = None
-            if operator.job_id:
-                hook = operator.hook
-                publish(job.context, "batch_job", batch_job_url(operator.job_id, hook.conn_region_name, hook.conn_partition))
+            operator.submit_job(call.context)
+        except Exception as exc:  # noqa: BLE001 - nothing was started: say why
+            raise InfraTaskFailed(f"{call.where}: the Batch job could not be submitted: {exc}") from None
+        hook = operator.hook
+        call.publish_link("batch_job", batch_job_url(operator.job_id, hook.conn_region_name, hook.conn_partition))
+        return Handle(self.kind, self.name, operator.job_id, call.folder_uri)
 
-    def resume(self, job: Job, event: dict[str, Any] | None) -> None:
-        operator = self._operator(job)
-        try:
-            operator.execute_complete(job.context, event)  # fetches the job's log, checks its status
-        except Exception as exc:  # noqa: BLE001
-            self._fail(job, operator.hook.client, operator.job_id or (event or {}).get("job_id"), exc)
+    def _job_environment(self, call: Call, hook: Any) -> list[dict[str, str]]:
+        env = {**call.environment.env, **aws_environment(hook, pass_credentials=self.target.pass_credentials)}
+        return [{"name": k, "value": v} for k, v in sorted(env.items())]
 
-    def _fail(self, job: Job, client: Any, job_id: str | None, exc: Exception) -> None:
-        if job.store.exists(job.task_dir / OUTCOME_FILE):
-            return  # the function failed and said why: InfraOperator reports that
-        raise InfraTaskFailed(f"{job.where}: {self._explain(client, job_id, exc)}") from None
+    def wait(self, call: Call, handle: Handle) -> Deferral | None:
+        operator = self._operator
+        if not self.target.deferrable:
+            operator.monitor_job(call.context)  # follows the job, its log into the task log; raises if it failed
+            return None
+        from airflow.providers.amazon.aws.triggers.batch import BatchJobTrigger
 
-    def _explain(self, client: Any, job_id: str | None, exc: Exception) -> str:
-        if not job_id:
-            return f"the Batch job could not be submitted: {exc}"
-        described = client.describe_jobs(jobs=[job_id])["jobs"]
+        # What BatchOperator.execute defers with after its own submit.
+        trigger = BatchJobTrigger(
+            job_id=handle.id,
+            waiter_max_attempts=operator.max_retries,
+            aws_conn_id=operator.aws_conn_id,
+            region_name=operator.region_name,
+            waiter_delay=operator.poll_interval,
+            verify=operator.verify,
+            botocore_config=operator.botocore_config,
+        )
+        return Deferral(trigger)
+
+    def resume(self, call: Call, handle: Handle, event: dict[str, Any] | None) -> Deferral | None:
+        operator = self._make_operator(call)
+        operator.execute_complete(call.context, event or {"status": "unknown", "job_id": handle.id})  # log, status
+        return None
+
+    def explain(self, call: Call, handle: Handle, error: BaseException | None) -> str:
+        client = (self._operator or self._make_operator(call)).hook.client
+        described = client.describe_jobs(jobs=[handle.id])["jobs"]
         if not described:
-            return f"Batch job {job_id} failed: {exc}"
+            return f"Batch job {handle.id} failed: {error}"
         batch_job = described[0]
         container = batch_job.get("container", {})
-        parts = [f"Batch job {job_id} ended {batch_job.get('status')}: {batch_job.get('statusReason') or 'no reason given'}"]
+        parts = [f"Batch job {handle.id} ended {batch_job.get('status')}: {batch_job.get('statusReason') or 'no reason given'}"]
         code = container.get("exitCode")
         parts.append(f"exit code {code}" + (" (out of memory?)" if code == 137 else "") if code is not None else "no exit code reported")
         if container.get("reason"):
@@ -177,6 +182,9 @@ class BatchBackend:
             return ""
         return "\n".join(e["message"] for e in events[-lines:])
 
-    def kill(self) -> None:
-        if self._operator_running is not None:
-            self._operator_running.on_kill()  # terminates the job
+    def kill(self, handle: Handle) -> None:
+        handle.details["killed"] = True
+        operator = self._operator
+        if operator is not None and handle.id:
+            operator.job_id = handle.id
+            operator.on_kill()  # terminates the job

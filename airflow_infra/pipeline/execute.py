@@ -1,0 +1,79 @@
+"""Execute a call through its target's runner: prepare, submit (the handle is stored at
+once), wait or defer, resume, collect, and explain an end without an outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from airflow_infra.artifacts import HANDLE_FILE, OUTCOME_FILE
+from airflow_infra.errors import InfraTaskFailed
+from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
+
+
+def save_handle(call: Call, handle: Handle) -> None:
+    call.store.write_bytes(call.folder / HANDLE_FILE, handle.to_json().encode())
+
+
+def load_handle(call: Call) -> Handle:
+    return Handle.from_json(call.store.read_bytes(call.folder / HANDLE_FILE))
+
+
+class Execution:
+    """One call on one runner. The operator keeps it so that on_kill reaches the call."""
+
+    def __init__(self, runner: Runner, call: Call, handle: Handle | None = None):
+        self.runner, self.call, self.handle = runner, call, handle
+        self._killed = False
+
+    def start(self) -> Deferral | None:
+        """Run the call; None when it has ended (its outcome is in `outcome_folder`), or a
+        Deferral to wait for in the triggerer."""
+        self.runner.prepare(self.call)
+        if self._killed:
+            raise InfraTaskFailed(f"{self.call.where}: the task was killed before its call started")
+        self.handle = self.runner.submit(self.call)
+        save_handle(self.call, self.handle)
+        if self._killed:  # killed while submitting: the call may have started regardless
+            self.runner.kill(self.handle)
+        return self._settle(lambda: self.runner.wait(self.call, self.handle))
+
+    @classmethod
+    def reopen(cls, runner: Runner, call: Call) -> Execution:
+        return cls(runner, call, load_handle(call))
+
+    def resume(self, event: dict | None) -> Deferral | None:
+        return self._settle(lambda: self.runner.resume(self.call, self.handle, event))
+
+    def kill(self) -> None:
+        self._killed = True
+        if self.handle is not None:
+            self.runner.kill(self.handle)
+
+    @property
+    def outcome_folder(self):
+        """Where the outcome is: the call's folder, or the one of the call a runner reattached to."""
+        return self.call.store.path(self.handle.folder)
+
+    def _settle(self, step: Callable[[], Deferral | None]) -> Deferral | None:
+        call, handle = self.call, self.handle
+        error: Exception | None = None
+        try:
+            deferral = step()
+        except Exception as exc:  # noqa: BLE001 - explained below, unless the call wrote its own outcome
+            error = exc
+        except BaseException:
+            self.runner.collect(call, handle)  # a timeout or signal unwinding the task: release, then go on
+            raise
+        else:
+            if deferral is not None:
+                save_handle(call, handle)
+                return deferral
+        self.runner.collect(call, handle)
+        if handle.folder != call.folder_uri:
+            # Reattached to a call an earlier attempt of this try started: the folder this
+            # attempt prepared was never used.
+            call.log.info("reattached to a call that was already running: its results are in %s", handle.folder)
+            call.store.remove_tree(call.folder)
+        if call.store.exists(self.outcome_folder / OUTCOME_FILE):
+            return None  # ok, or the function failed and said why: the decoder reports either
+        raise InfraTaskFailed(f"{call.where}: {self.runner.explain(call, handle, error)}") from None

@@ -1,0 +1,126 @@
+"""Package a call: the function (by value, with the DAG's own code it uses) and its
+arguments into call.pkl, and what ran into call.json, in a fresh folder of the store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from logging import Logger
+from typing import TYPE_CHECKING, Any
+
+from airflow_infra.artifacts import CALL_FILE, CALL_META_FILE, ArtifactStore, find_refs
+from airflow_infra.pipeline.plan import CallPlan
+from airflow_infra.spec import Environment, Resources
+from airflow_infra.targets.contract import Call
+
+if TYPE_CHECKING:
+    from airflow_infra.config import InfraConfig
+
+
+@dataclass
+class Packaged:
+    call: Call
+    meta: dict[str, Any]  # what call.json holds
+    args: list
+    kwargs: dict
+
+
+def store_for(config: InfraConfig) -> ArtifactStore:
+    from airflow_infra.config import artifacts_url
+
+    return ArtifactStore(artifacts_url(config))
+
+
+def code_roots(dag_file: str | None) -> list[str]:
+    """Where the DAG's own code lives: modules loaded from there travel by value."""
+    from airflow.configuration import conf
+
+    roots = [conf.get("core", "dags_folder", fallback="")]
+    if dag_file:
+        roots.append(os.path.dirname(dag_file))
+    return roots
+
+
+def package_call(
+    plan: CallPlan,
+    fn: Callable,
+    args: list,
+    kwargs: dict,
+    *,
+    store: ArtifactStore,
+    config: InfraConfig,
+    run_id: str,
+    map_index: int,
+    try_number: int,
+    multiple_outputs: bool,
+    dag_file: str | None,
+    log: Logger,
+    context: Any,
+) -> Packaged:
+    from airflow_infra.codeship import code_fingerprint, dumps_call, local_modules
+
+    folder = store.task_dir(plan.dag_id, run_id, plan.task_id, map_index, try_number)
+    modules = local_modules(fn, code_roots(dag_file))
+    blob = dumps_call(fn, args, kwargs, modules=modules, multiple_outputs=multiple_outputs, xcom_max_bytes=config.xcom_max_bytes)
+    store.write_bytes(folder / CALL_FILE, blob)
+    meta = {
+        "dag_id": plan.dag_id,
+        "task_id": plan.task_id,
+        "run_id": run_id,
+        "map_index": map_index,
+        "try_number": try_number,
+        "function": f"{fn.__module__}.{fn.__qualname__}",
+        "code_fingerprint": code_fingerprint(fn, modules),
+        "target": plan.route.target,
+        "routing_reason": plan.route.reason,
+        "environment": plan.environment.model_dump(mode="json"),
+        "environment_hash": plan.environment_hash,
+        "resources": plan.resources.model_dump(mode="json"),
+        "submitted_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    call = Call(
+        dag_id=plan.dag_id,
+        task_id=plan.task_id,
+        run_id=run_id,
+        map_index=map_index,
+        try_number=try_number,
+        environment=plan.environment,
+        resources=plan.resources,
+        store=store,
+        folder=folder,
+        log=log,
+        refs=tuple(find_refs([args, kwargs])),
+        requirements_path=plan.requirements_path,
+        requirements_text=plan.requirements_text,
+        context=context,
+    )
+    return Packaged(call, meta, args, kwargs)
+
+
+def write_meta(packaged: Packaged) -> None:
+    call = packaged.call
+    call.store.write_json(call.folder / CALL_META_FILE, packaged.meta)
+
+
+def reopen_call(
+    store: ArtifactStore, *, dag_id: str, task_id: str, run_id: str, map_index: int, try_number: int, log: Logger, context: Any
+) -> tuple[Call, dict[str, Any]]:
+    """The call this try packaged before it deferred, read back from its folder."""
+    folder = store.task_dir(dag_id, run_id, task_id, map_index, try_number, fresh=False)
+    meta = store.read_json(folder / CALL_META_FILE)
+    call = Call(
+        dag_id=dag_id,
+        task_id=task_id,
+        run_id=run_id,
+        map_index=map_index,
+        try_number=try_number,
+        environment=Environment(**meta["environment"]),
+        resources=Resources(**meta["resources"]),
+        store=store,
+        folder=folder,
+        log=log,
+        context=context,
+    )
+    return call, meta

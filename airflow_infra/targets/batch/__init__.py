@@ -1,0 +1,34 @@
+"""The `batch` kind: AWS Batch through the amazon provider's BatchOperator, one job definition per image."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from airflow_infra.targets.contract import TargetConfig, TargetKind
+
+
+class BatchTarget(TargetConfig):
+    """AWS Batch through the amazon provider's BatchOperator: one job definition per image."""
+
+    kind: Literal["batch"]
+    job_queue: str
+    aws_conn_id: str = "aws_default"
+    region: str | None = None
+    job_role_arn: str | None = None
+    execution_role_arn: str | None = None
+    platform: Literal["EC2", "FARGATE"] = "EC2"
+    # Passed to SubmitJob as is, e.g. {attempts: 3, evaluateOnExit: [{onStatusReason: "Host EC2*", action: RETRY}]}
+    retry_strategy: dict[str, Any] | None = None
+    tags: dict[str, str] = {}
+    # Seconds between status polls (the hook's default is a random 1-10 s).
+    poll_interval: float | None = Field(default=None, gt=0)
+    # Wait for the job in the triggerer instead of holding a worker slot.
+    deferrable: bool = False
+    # Hand the connection's keys to the job as environment variables. Only for local test
+    # set-ups (moto); real jobs get credentials from job_role_arn.
+    pass_credentials: bool = False
+
+
+KIND = TargetKind(name="batch", schema=BatchTarget, runner="airflow_infra.targets.batch.runner:BatchRunner", needs_image=True)

@@ -1,0 +1,86 @@
+"""The `kubernetes` kind: a pod per call, through the cncf-kubernetes provider's KubernetesPodOperator."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from airflow_infra.config import check_registry, check_template
+from airflow_infra.targets.contract import TargetConfig, TargetKind
+
+
+class GpuPlacement(BaseModel):
+    """Where pods asking for one `gpu_type` may run: merged into the pod's selector and tolerations."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+
+
+# Pods run as a non-root user unless the target says otherwise (runtime.py needs no root).
+DEFAULT_POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000}
+
+
+class KubernetesTarget(TargetConfig):
+    """A pod per call, through the cncf-kubernetes provider's KubernetesPodOperator."""
+
+    kind: Literal["kubernetes"]
+    namespace: str = "default"
+    kubernetes_conn_id: str = "kubernetes_default"
+    service_account: str | None = None
+    image_pull_secrets: list[str] = []
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    node_selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    # gpu_type -> placement, e.g. {a100: {node_selector: {gpu: a100}, tolerations: [...]}}.
+    # When set, a task asking for a gpu_type not listed here fails before any pod is made.
+    gpu_types: dict[str, GpuPlacement] = {}
+    gpu_resource: str = "nvidia.com/gpu"
+    # Limits policy: "request" sets the limit equal to the request, "none" sets no limit.
+    memory_limit: Literal["request", "none"] = "request"
+    cpu_limit: Literal["request", "none"] = "none"
+    # A pod template (YAML file on the worker) the provider's pod is merged onto.
+    pod_template_file: str | None = None
+    # The pod's securityContext; `{}` lets pods run as the image's user (root).
+    security_context: dict[str, Any] = DEFAULT_POD_SECURITY
+    # The registry address as the cluster's nodes see it, when it differs from `registry`
+    # (e.g. a pull-through mirror); pods pull the same repository and tag from there.
+    pull_registry: str | None = None
+    # Wait for the pod in the triggerer instead of holding a worker slot.
+    deferrable: bool = False
+    startup_timeout: int = Field(default=120, gt=0)
+    # The Kubernetes pod link of a task instance, e.g.
+    # "https://dashboard.example/#/pod/{namespace}/{name}?namespace={namespace}".
+    dashboard_url: str | None = None
+    # Hand the artifact store connection's keys to the pod as environment variables. Only for
+    # local test set-ups (moto); real pods get credentials from their service account.
+    pass_credentials: bool = False
+
+    @field_validator("namespace")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+            raise ValueError(f"{value!r} is not a Kubernetes namespace name (lowercase letters, digits, '-')")
+        return value
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _dashboard_url(cls, value: str | None) -> str | None:
+        return check_template(value, "namespace", "name")
+
+    @field_validator("pull_registry")
+    @classmethod
+    def _pull_registry(cls, value: str | None) -> str | None:
+        return check_registry(value)
+
+
+KIND = TargetKind(
+    name="kubernetes",
+    schema=KubernetesTarget,
+    runner="airflow_infra.targets.kubernetes.runner:KubernetesRunner",
+    needs_image=True,
+)

@@ -1,0 +1,60 @@
+"""Local paths for a call whatever the store, for the kinds that run on this worker (local,
+docker): a local store is used in place; a remote one is staged through a scratch folder
+(call and inputs down before the call starts, outputs up after it ends, outcome last)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from airflow_infra.artifacts import CALL_FILE, OUTCOME_FILE
+from airflow_infra.targets.contract import Call
+
+
+@dataclass
+class StagedCall:
+    call: Call
+    call_file: Path
+    out: Path
+    refs_file: Path | None
+    scratch: Path
+    mounts: tuple[Path, ...]  # what a container must see at the same paths
+
+    @property
+    def argv(self) -> list[str]:
+        return [str(self.call_file), str(self.out), *([str(self.refs_file)] if self.refs_file else [])]
+
+    @classmethod
+    def open(cls, call: Call) -> StagedCall:
+        scratch = Path(tempfile.mkdtemp(prefix="airflow-infra-"))
+        try:
+            store = call.store
+            if store.is_local:
+                folder = store.local_path(call.folder)
+                return cls(call, folder / CALL_FILE, folder, None, scratch, (store.local_path(store.root), scratch))
+            call_file = store.download(call.folder / CALL_FILE, scratch / CALL_FILE)
+            local_refs = {
+                uri: str(store.download(store.path(uri), scratch / "refs" / f"{i}.pkl")) for i, uri in enumerate(call.refs)
+            }
+            refs_file = scratch / "refs.json"
+            refs_file.write_text(json.dumps(local_refs))
+            out = scratch / "out"
+            out.mkdir()
+            return cls(call, call_file, out, refs_file, scratch, (scratch,))
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        """Upload what a staged call wrote (outcome.json last), then remove the scratch folder."""
+        try:
+            if self.out != self.scratch / "out" or not self.out.is_dir():
+                return  # a local store: the call wrote in place
+            for path in sorted(self.out.iterdir(), key=lambda p: p.name == OUTCOME_FILE):
+                if not path.name.startswith("."):
+                    self.call.store.upload(path, self.call.folder / path.name)
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)

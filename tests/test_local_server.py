@@ -1,0 +1,222 @@
+"""The local target's warm runtime server on its own: real server process, real forked calls.
+
+Each call is a tiny pickled function run by runtime.main in a child of the server. Every
+stream runs in a thread joined with a timeout, so a hang fails the test instead of the run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from airflow_infra.codeship import dumps_call
+from airflow_infra.targets.local import server as server_module
+from airflow_infra.targets.local.server import EXIT_GRACE, RunningCall, RuntimeServer, ServerGone, forget, server_for
+from airflow_infra.targets.output import MAX_LINE
+
+PYTHON = Path(sys.executable)
+OLD_CONTROL = "\x1eairflow-infra\x1e "
+
+
+@pytest.fixture
+def server():
+    srv = RuntimeServer(PYTHON, dict(os.environ))
+    yield srv
+    srv.close()
+
+
+def start(srv: RuntimeServer, tmp_path: Path, fn: Callable) -> RunningCall:
+    folder = tmp_path / f"call-{time.monotonic_ns()}"
+    folder.mkdir()
+    (folder / "call.pkl").write_bytes(dumps_call(fn, [], {}, modules=[], xcom_max_bytes=1024))
+    return srv.start([str(folder / "call.pkl"), str(folder / "out")], folder, {"CALL_VAR": "set"})
+
+
+class Streaming:
+    """call.stream in a thread, with its lines collected and a way to wait for one."""
+
+    def __init__(self, call: RunningCall):
+        self.call, self.lines, self.result = call, [], {}
+        self._new_line = threading.Condition()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.result["code"] = self.call.stream(self._on_line)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.result["error"] = exc
+
+    def _on_line(self, line: str) -> None:
+        with self._new_line:
+            self.lines.append(line)
+            self._new_line.notify_all()
+
+    def line_starting(self, prefix: str, timeout: float = 20) -> str:
+        with self._new_line:
+            assert self._new_line.wait_for(lambda: any(l.startswith(prefix) for l in self.lines), timeout), self.lines
+            return next(l for l in self.lines if l.startswith(prefix))
+
+    def join(self, timeout: float = 30) -> dict:
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.call.kill()
+            pytest.fail(f"stream did not return within {timeout}s")
+        return self.result
+
+
+def run(srv: RuntimeServer, tmp_path: Path, fn: Callable) -> tuple[int, list[str]]:
+    streaming = Streaming(start(srv, tmp_path, fn))
+    result = streaming.join()
+    assert "error" not in result, result
+    return result["code"], streaming.lines
+
+
+def gone(pid: int, within: float = 5) -> bool:
+    """The process has ended (a zombie counts: this container's init may not reap orphans)."""
+    until = time.monotonic() + within
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                state = fh.read().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        if time.monotonic() > until:
+            return False
+        time.sleep(0.05)
+
+
+def test_output_without_trailing_newline(server, tmp_path):
+    code, lines = run(server, tmp_path, lambda: sys.stdout.write("50%...100%"))
+    assert code == 0 and lines == ["50%...100%"]
+    # The call saw its own env, and not the server's control socket.
+    code, lines = run(server, tmp_path, lambda: print(os.environ["CALL_VAR"], "AIRFLOW_INFRA_CONTROL_FD" in os.environ))
+    assert code == 0 and lines == ["set False"]
+
+
+def test_megabytes_without_newline_stream_in_bounded_lines(server, tmp_path):
+    def blob():
+        sys.stdout.write("x" * (5 << 20))
+        sys.stdout.flush()
+
+    code, lines = run(server, tmp_path, blob)
+    assert code == 0
+    assert sum(map(len, lines)) == 5 << 20 and max(map(len, lines)) <= MAX_LINE and len(lines) == (5 << 20) // MAX_LINE
+
+
+def test_output_that_looks_like_control_messages_is_just_output(server, tmp_path):
+    def impostor():
+        for call in range(1, 6):
+            print(f'{OLD_CONTROL}pid 1\n{OLD_CONTROL}exit 0\n{{"call": {call}, "pid": 1}}\n{{"call": {call}, "exit": 0}}')
+        sys.stdout.buffer.write(b"\xff\xfe\x00binary\x1e")
+        sys.stdout.flush()
+        os._exit(9)
+
+    code, lines = run(server, tmp_path, impostor)
+    assert code == 9
+    assert lines[:4] == [f"{OLD_CONTROL}pid 1", f"{OLD_CONTROL}exit 0", '{"call": 1, "pid": 1}', '{"call": 1, "exit": 0}']
+    assert len(lines) == 21 and lines[-1] == "\ufffd\ufffd\x00binary\x1e"
+    # And the server is still in step.
+    assert run(server, tmp_path, lambda: print("after")) == (0, ["after"])
+
+
+def sleeper_with_grandchild(new_session: bool = False) -> Callable:
+    def call():
+        import subprocess
+
+        child = subprocess.Popen(["sleep", "60"], start_new_session=new_session)
+        print(f"pids {os.getpid()} {child.pid}", flush=True)
+        time.sleep(60)
+
+    return call
+
+
+def test_kill_ends_the_whole_group(server, tmp_path):
+    streaming = Streaming(start(server, tmp_path, sleeper_with_grandchild()))
+    pids = [int(p) for p in streaming.line_starting("pids ").split()[1:]]
+    assert pids[0] == streaming.call.pid
+    streaming.call.kill()
+    result = streaming.join(10)
+    assert result == {"code": -signal.SIGKILL}
+    assert all(gone(pid) for pid in pids)
+    streaming.call.kill()  # after the end: a no-op, not an error
+
+
+def test_after_a_kill_the_next_call_gets_its_own_messages(server, tmp_path):
+    first = Streaming(start(server, tmp_path, sleeper_with_grandchild()))
+    first.line_starting("pids ")
+    first.call.kill()
+    assert first.join(10) == {"code": -signal.SIGKILL}
+    # Killed before anyone streams it, then streamed.
+    second = start(server, tmp_path, lambda: time.sleep(60))
+    second.kill()
+    second.kill()
+    assert second.stream(lambda line: None) == -signal.SIGKILL
+    # Started, never streamed (a task unwinding): the next start ends it and stays in step.
+    abandoned = start(server, tmp_path, sleeper_with_grandchild())
+    assert run(server, tmp_path, lambda: print("third")) == (0, ["third"])
+    assert gone(abandoned.pid)
+    assert run(server, tmp_path, lambda: os._exit(5)) == (5, [])
+
+
+def test_exit_codes_and_signals(server, tmp_path):
+    assert run(server, tmp_path, lambda: os._exit(7)) == (7, [])
+    assert run(server, tmp_path, lambda: os.kill(os.getpid(), signal.SIGTERM))[0] == -signal.SIGTERM
+    code, lines = run(server, tmp_path, lambda: 1 / 0)
+    assert code == 3 and lines[-1] == "ZeroDivisionError: division by zero"
+
+
+def test_server_killed_mid_call(tmp_path):
+    srv = server_for(PYTHON, dict(os.environ))
+    try:
+        streaming = Streaming(start(srv, tmp_path, sleeper_with_grandchild()))
+        pids = [int(p) for p in streaming.line_starting("pids ").split()[1:]]
+        began = time.monotonic()
+        os.kill(srv.proc.pid, signal.SIGKILL)
+        result = streaming.join(10)
+        assert isinstance(result.get("error"), ServerGone), result
+        assert time.monotonic() - began < 5 and "exit code -9" in str(result["error"])
+        assert all(gone(pid) for pid in pids)
+        assert not srv.alive
+        with pytest.raises(ServerGone):
+            srv.start(["x", "y"], tmp_path, {})
+        fresh = server_for(PYTHON, dict(os.environ))
+        assert fresh is not srv and fresh.alive
+        assert run(fresh, tmp_path, lambda: print("fresh")) == (0, ["fresh"])
+    finally:
+        forget(PYTHON)
+    assert PYTHON not in server_module._servers
+
+
+@pytest.mark.parametrize("new_session", [False, True], ids=["in-group", "own-session"])
+def test_grandchild_holding_the_output_open_does_not_hang(server, tmp_path, new_session):
+    def leaves_a_child():
+        import subprocess
+
+        child = subprocess.Popen(["sleep", "60"], start_new_session=new_session)
+        print(f"pids {child.pid}", flush=True)
+
+    began = time.monotonic()
+    code, lines = run(server, tmp_path, leaves_a_child)
+    elapsed = time.monotonic() - began
+    grandchild = int(lines[0].split()[1])
+    try:
+        assert code == 0
+        if new_session:  # out of the call's group: reading stops a grace period after the exit
+            assert elapsed < EXIT_GRACE + 5 and not gone(grandchild, within=0)
+        else:  # in the group: the server killed it, which closed the pipe
+            assert gone(grandchild)
+    finally:
+        try:
+            os.kill(grandchild, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

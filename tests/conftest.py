@@ -142,3 +142,24 @@ def fake_kube(docker_infra) -> str:
         {"conn_type": "kubernetes", "extra": {"kube_config_path": kubeconfig, "namespace": "default"}}
     )
     return kubeconfig
+
+
+@pytest.fixture(scope="session")
+def fake_kind() -> Path:
+    """The test-only target kind of tests/fake_kind, installed into a folder of its own (as a
+    third-party package would be) and put on sys.path; returns that folder for PYTHONPATH."""
+    target = Path(tempfile.mkdtemp(prefix="airflow-infra-fake-kind-"))
+    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    subprocess.run(
+        [uv, "pip", "install", "--quiet", "--python", sys.executable, "--target", str(target), "--no-deps",
+         str(REPO / "tests" / "fake_kind")],
+        check=True, timeout=300,
+    )
+    sys.path.insert(0, str(target))
+    from airflow_infra.targets import _plugins
+
+    _plugins.cache_clear()
+    yield target
+    sys.path.remove(str(target))
+    _plugins.cache_clear()
+    shutil.rmtree(target, ignore_errors=True)

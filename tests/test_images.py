@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -93,3 +94,18 @@ def test_examples_on_the_docker_target(dags, docker_yaml, dag_id, conf):
         assert sorted(v.split(".")[0] for v in run.result("ensemble")["numpy_versions"]) == ["1", "2"]
     if dag_id == "fanout_example":
         assert run.result("merge") and run.call("count_words", 2)["target"] == "docker"
+
+
+def test_plan_of_local_tasks_needs_no_docker_engine(infra_yaml):
+    """Only targets that run images ask about images: with no engine reachable (and no
+    registry), a DAG routed to local targets still plans, and the command exits 0."""
+    infra_yaml("targets:\n  bigmem: {kind: local}\nrules:\n  - {when: 'memory > 1Gi', target: bigmem}\n  - {target: local}\n")
+    dag_file = str(REPO / "tests" / "dags" / "infra_images.py")
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    plan = subprocess.run(
+        [sys.executable, "-m", "airflow_infra.cli", "plan", dag_file], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "error" not in plan.stdout and "Docker" not in plan.stdout
+    assert plan.stdout.count("target: local (local): rule 2 (catch-all) matched") == 5
+    assert plan.stdout.count("a local target runs without an image") == 5

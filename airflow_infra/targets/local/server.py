@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +249,11 @@ class RunningCall:
             if self.pid and not self._settled:
                 try:
                     os.killpg(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    # Not yet its own group (between fork and setsid), so it has no children
+                    # yet either: kill it alone (not settled, so the pid is still the call's).
+                    with suppress(OSError):
+                        os.kill(self.pid, signal.SIGKILL)
                 except OSError:
                     pass
 
@@ -275,6 +281,8 @@ def server_for(python: Path, env: dict[str, str]) -> RuntimeServer:
     with _servers_lock:
         server = _servers.get(python)
         if server is None or not server.alive:
+            if server is not None:
+                server.close()  # dead: this only releases its socket and files
             server = _servers[python] = RuntimeServer(python, env)
         return server
 

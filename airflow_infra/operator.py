@@ -171,7 +171,7 @@ class InfraOperator(BaseOperator):
         from airflow_infra.config import load_config
         from airflow_infra.pipeline.execute import Execution
         from airflow_infra.pipeline.package import reopen_call, store_for
-        from airflow_infra.targets import get_kind
+        from airflow_infra.targets import runner_for
 
         config = load_config()
         ti = context["ti"]
@@ -179,9 +179,7 @@ class InfraOperator(BaseOperator):
             store_for(config), dag_id=self.dag_id, task_id=self.task_id, run_id=context["run_id"],
             map_index=ti.map_index, try_number=ti.try_number, log=self.log, context=context,
         )
-        target = config.targets[meta["target"]]
-        runner = get_kind(target.kind).load_runner()(meta["target"], target, config)
-        self._execution = Execution.reopen(runner, call)
+        self._execution = Execution.reopen(runner_for(meta["target"], config), call)
         return self._continue(self._execution.resume(event), meta)
 
     def _continue(self, deferral: Any, meta: dict[str, Any]) -> Any:

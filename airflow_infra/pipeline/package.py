@@ -62,6 +62,7 @@ def package_call(
     from airflow_infra.codeship import code_fingerprint, dumps_call, local_modules
 
     folder = store.task_dir(plan.dag_id, run_id, plan.task_id, map_index, try_number)
+    refs = find_refs([args, kwargs])
     modules = local_modules(fn, code_roots(dag_file))
     blob = dumps_call(fn, args, kwargs, modules=modules, multiple_outputs=multiple_outputs, xcom_max_bytes=config.xcom_max_bytes)
     store.write_bytes(folder / CALL_FILE, blob)
@@ -78,6 +79,7 @@ def package_call(
         "environment": plan.environment.model_dump(mode="json"),
         "environment_hash": plan.environment_hash,
         "resources": plan.resources.model_dump(mode="json"),
+        "refs": refs,  # the artifacts the arguments name, for a later attempt that reopens the call
         "submitted_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
     call = Call(
@@ -91,7 +93,7 @@ def package_call(
         store=store,
         folder=folder,
         log=log,
-        refs=tuple(find_refs([args, kwargs])),
+        refs=tuple(refs),
         requirements_path=plan.requirements_path,
         requirements_text=plan.requirements_text,
         context=context,
@@ -107,7 +109,8 @@ def write_meta(packaged: Packaged) -> None:
 def reopen_call(
     store: ArtifactStore, *, dag_id: str, task_id: str, run_id: str, map_index: int, try_number: int, log: Logger, context: Any
 ) -> tuple[Call, dict[str, Any]]:
-    """The call this try packaged before it deferred, read back from its folder."""
+    """The call this try packaged before it deferred, read back from its folder (what only
+    building an environment needs, the requirements file, is not: it was built before)."""
     folder = store.task_dir(dag_id, run_id, task_id, map_index, try_number, fresh=False)
     meta = store.read_json(folder / CALL_META_FILE)
     call = Call(
@@ -121,6 +124,7 @@ def reopen_call(
         store=store,
         folder=folder,
         log=log,
+        refs=tuple(meta.get("refs", ())),
         context=context,
     )
     return call, meta

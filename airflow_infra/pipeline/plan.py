@@ -17,7 +17,7 @@ from airflow_infra.errors import InfraError, InfraSpecError, where
 from airflow_infra.pipeline.declaration import DECLARED_FIELDS, INFRA_TASK, requirements_file
 from airflow_infra.routing import Route, route
 from airflow_infra.spec import Environment, Resources, build_models, is_templated
-from airflow_infra.targets import get_kind
+from airflow_infra.targets import get_kind, runner_for
 
 if TYPE_CHECKING:
     from airflow_infra.config import InfraConfig
@@ -53,7 +53,7 @@ class CallPlan:
         return plan_image(self.environment, self.requirements_text, config).reference
 
     def runner(self, config: InfraConfig) -> Runner:
-        return self.kind.load_runner()(self.route.target, self.target, config)
+        return runner_for(self.route.target, config)
 
 
 def plan_call(

@@ -16,8 +16,14 @@ from __future__ import annotations
 import functools
 from importlib import import_module
 
+from typing import TYPE_CHECKING
+
 from airflow_infra.errors import InfraConfigError
 from airflow_infra.targets.contract import TargetKind
+
+if TYPE_CHECKING:
+    from airflow_infra.config import InfraConfig
+    from airflow_infra.targets.contract import Runner
 
 ENTRY_POINT_GROUP = "airflow_infra.targets"
 BUILTIN = {
@@ -56,8 +62,14 @@ def get_kind(name: object) -> TargetKind:
     return kind
 
 
+def runner_for(target_name: str, config: InfraConfig) -> Runner:
+    """A fresh runner for one call on the named target of infra.yaml."""
+    target = config.targets[target_name]
+    return get_kind(target.kind).load_runner()(target_name, target, config)
+
+
 def kind_names() -> list[str]:
     return sorted({*BUILTIN, *_plugins()})
 
 
-__all__ = ["ENTRY_POINT_GROUP", "TargetKind", "get_kind", "kind_names"]
+__all__ = ["ENTRY_POINT_GROUP", "TargetKind", "get_kind", "kind_names", "runner_for"]

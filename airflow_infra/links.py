@@ -1,5 +1,5 @@
-"""Extra links from an infra task instance to where it ran: its image here, and each
-target kind's own (its pod, its Batch job) in the kind's folder.
+"""Extra links from an infra task instance to where it ran: its image here; each target
+kind's own (its pod, its Batch job) live in the kind's folder and are named by its TargetKind.
 
 Runners record each URL in an XCom entry of its own while the task runs (`publish`); the
 links read them back when Airflow stores them at the end of the task. Kept free of provider imports: this
@@ -58,14 +58,3 @@ class InfraLink(BaseOperatorLink):
 class ImageLink(InfraLink):
     name = "Image"
     part = "image"
-
-
-def _kind_links() -> tuple[BaseOperatorLink, ...]:
-    # Each kind keeps its links in its folder; these modules import nothing heavy.
-    from airflow_infra.targets.batch.links import BatchJobLink
-    from airflow_infra.targets.kubernetes.links import PodLink
-
-    return (PodLink(), BatchJobLink())
-
-
-INFRA_LINKS = (ImageLink(), *_kind_links())

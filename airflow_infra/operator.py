@@ -18,9 +18,10 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_infra.errors import InfraSpecError, where
-from airflow_infra.links import INFRA_LINKS
+from airflow_infra.links import ImageLink
 from airflow_infra.pipeline.declaration import DECLARED_FIELDS, declaration_from, validate_declaration
 from airflow_infra.spec import RESOURCE_FIELDS, Environment, Resources
+from airflow_infra.targets import builtin_links
 
 
 class InfraOperator(BaseOperator):
@@ -49,8 +50,9 @@ class InfraOperator(BaseOperator):
     shallow_copy_attrs: Sequence[str] = ("python_callable",)
     ui_color = "#cfe8dc"
     is_infra_task = True  # pipeline.declaration.INFRA_TASK: how planners recognise infra tasks
-    # Image, Kubernetes pod, Batch job: each shows when the target that ran the task records it.
-    operator_extra_links = INFRA_LINKS
+    # Image, and each built-in kind's (Kubernetes pod, Batch job): each shows when the target
+    # that ran the task records it.
+    operator_extra_links = (ImageLink(), *builtin_links())
     packages = requirements = apt_packages = python = base_image = env = None
     cpu = memory = gpu = gpu_type = disk = shm = timeout = None
 

@@ -68,6 +68,12 @@ def runner_for(target_name: str, config: InfraConfig) -> Runner:
     return get_kind(target.kind).load_runner()(target_name, target, config)
 
 
+def builtin_links() -> list:
+    """The extra links of the built-in kinds, for InfraOperator (whose links Airflow fixes
+    when a DAG is parsed, so entry-point kinds' links cannot join them)."""
+    return [_load(path)() for name in BUILTIN for path in get_kind(name).links]
+
+
 def kind_names() -> list[str]:
     return sorted({*BUILTIN, *_plugins()})
 

@@ -169,6 +169,9 @@ class TargetKind:
     schema: type[TargetConfig]
     runner: str  # "module:Class", imported only when a call runs (keeps provider imports out of config loading)
     needs_image: bool
+    # "module:Class" of the kind's extra links (airflow_infra.links.InfraLink subclasses). Light
+    # modules: built-in kinds' links load when a DAG file is parsed.
+    links: tuple[str, ...] = ()
 
     def load_runner(self) -> type[Runner]:
         module, _, attr = self.runner.partition(":")

@@ -31,4 +31,10 @@ class BatchTarget(TargetConfig):
     pass_credentials: bool = False
 
 
-KIND = TargetKind(name="batch", schema=BatchTarget, runner="airflow_infra.targets.batch.runner:BatchRunner", needs_image=True)
+KIND = TargetKind(
+    name="batch",
+    schema=BatchTarget,
+    runner="airflow_infra.targets.batch.runner:BatchRunner",
+    needs_image=True,
+    links=("airflow_infra.targets.batch.links:BatchJobLink",),
+)

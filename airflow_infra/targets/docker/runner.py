@@ -37,9 +37,19 @@ class DockerRunner(Runner):
         self._reference = prepare_image(call, self.config)
 
     def submit(self, call: Call) -> Handle:
-        resources = call.resources
         self._staged = staged = StagedCall.open(call)
-        container = self.engine.containers.run(
+        try:
+            container = self._run_container(call, staged)
+        except BaseException:
+            staged.close()
+            self._staged = None
+            raise
+        self._started = time.monotonic()
+        return Handle(self.kind, self.name, container.id, call.folder_uri, {"container": container.name})
+
+    def _run_container(self, call: Call, staged: StagedCall):
+        resources = call.resources
+        return self.engine.containers.run(
             self._reference,
             command=staged.argv,
             detach=True,
@@ -56,8 +66,6 @@ class DockerRunner(Runner):
             shm_size=resources.shm,
             labels={"org.airflow-infra.dag": call.dag_id, "org.airflow-infra.task": call.task_id},
         )
-        self._started = time.monotonic()
-        return Handle(self.kind, self.name, container.id, call.folder_uri, {"container": container.name})
 
     def wait(self, call: Call, handle: Handle) -> Deferral | None:
         container = self.engine.containers.get(handle.id)
@@ -69,12 +77,25 @@ class DockerRunner(Runner):
         try:
             with deadline(call.resources.timeout, expire):
                 lines = OutputLines()
+                seen = 0
                 for chunk in container.logs(stream=True, follow=True):
+                    seen += len(chunk)
                     for line in lines.feed(chunk):
                         call.log.info("%s", line)
+                handle.details["exit_code"] = container.wait()["StatusCode"]
+                # A followed log can end before the engine has stored the last output (a
+                # final line without a newline, seen here): the log read once the container
+                # has stopped is complete, so pass on whatever the follow missed.
+                skip = seen
+                for chunk in container.logs(stream=True, follow=False):
+                    if skip >= len(chunk):
+                        skip -= len(chunk)
+                        continue
+                    for line in lines.feed(chunk[skip:]):
+                        call.log.info("%s", line)
+                    skip = 0
                 for line in lines.flush():
                     call.log.info("%s", line)
-                handle.details["exit_code"] = container.wait()["StatusCode"]
             container.reload()
             handle.details["oom"] = bool(container.attrs["State"].get("OOMKilled", False))
         except BaseException:

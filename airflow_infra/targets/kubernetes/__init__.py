@@ -83,4 +83,5 @@ KIND = TargetKind(
     schema=KubernetesTarget,
     runner="airflow_infra.targets.kubernetes.runner:KubernetesRunner",
     needs_image=True,
+    links=("airflow_infra.targets.kubernetes.links:PodLink",),
 )

@@ -54,7 +54,13 @@ class KubernetesRunner(Runner):
         self._operator = operator
         operator.name = operator._set_name(operator.name)  # as the operator's execute does first
         operator.pod_request_obj = operator.build_pod_request_obj(call.context)
-        operator.pod = operator.get_or_create_pod(operator.pod_request_obj, call.context)
+        try:
+            operator.pod = operator.get_or_create_pod(operator.pod_request_obj, call.context)
+        except Exception as exc:  # noqa: BLE001 - no pod was made: say why, in the API's words
+            from airflow_infra.errors import InfraTaskFailed
+
+            reason = getattr(exc, "body", None) or str(exc)
+            raise InfraTaskFailed(f"{call.where}: the pod could not be created: {str(reason).strip()[:2000]}") from None
         metadata = operator.pod.metadata
         if self.target.dashboard_url:
             call.publish_link("pod", self.target.dashboard_url.format(namespace=metadata.namespace, name=metadata.name))

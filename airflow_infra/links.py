@@ -1,9 +1,10 @@
 """Extra links from an infra task instance to where it ran: its image here; each target
 kind's own (its pod, its Batch job) live in the kind's folder and are named by its TargetKind.
 
-Runners record each URL in an XCom entry of its own while the task runs (`publish`); the
-links read them back when Airflow stores them at the end of the task. Kept free of provider imports: this
-module loads with the operator at DAG parse time.
+Runners record each URL while the call runs (`Call.publish_link`; a call that defers keeps
+them in its stored handle); the links hand them to Airflow when it stores them at the end
+of the task. Kept free of provider imports: this module loads with the operator at DAG
+parse time.
 """
 
 from __future__ import annotations
@@ -13,14 +14,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperatorLink
 
-KEY_PREFIX = "airflow_infra_link_"
 _ECR = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com$")
-
-
-def publish(context: Any, part: str, url: str | None) -> None:
-    """Record where the task instance's `part` (image, pod, batch_job) can be seen."""
-    if url and context and "ti" in context:
-        context["ti"].xcom_push(key=KEY_PREFIX + part, value=url)
 
 
 def image_url(reference: str, template: str | None) -> str | None:
@@ -45,14 +39,28 @@ def image_url(reference: str, template: str | None) -> str | None:
 
 
 class InfraLink(BaseOperatorLink):
+    """A link a runner recorded for `part` while the call ran (Call.publish_link). Airflow
+    asks for it when the task ends, in the process that ran it, and stores it as XCom; the
+    operator keeps only the links that were recorded, so no empty link is stored."""
+
     name: ClassVar[str]
     part: ClassVar[str]
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
+        return getattr(operator.operator_extra_links, "recorded", {}).get(self.part, "")
 
-        url = XCom.get_value(key=KEY_PREFIX + self.part, ti_key=ti_key)
-        return url if isinstance(url, str) else ""
+
+class RecordedLinks(tuple):
+    """An operator's links as Airflow reads them when the task ends: only those recorded by
+    then. Lazy, because they are recorded while the call runs, after this is set."""
+
+    def __new__(cls, links: tuple[InfraLink, ...], recorded: dict[str, str]) -> RecordedLinks:
+        made = super().__new__(cls, links)
+        made.recorded = recorded
+        return made
+
+    def __iter__(self):
+        return iter([link for link in tuple.__iter__(self) if link.part in self.recorded])
 
 
 class ImageLink(InfraLink):

@@ -18,7 +18,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_infra.errors import InfraSpecError, where
-from airflow_infra.links import ImageLink
+from airflow_infra.links import ImageLink, RecordedLinks
 from airflow_infra.pipeline.declaration import DECLARED_FIELDS, declaration_from, validate_declaration
 from airflow_infra.spec import RESOURCE_FIELDS, Environment, Resources
 from airflow_infra.targets import builtin_links
@@ -43,10 +43,11 @@ class InfraOperator(BaseOperator):
     :param target: "auto" (the routing rules decide) or a target name.
     :param cache: True or a version string: reuse an earlier result when the code, the
         inputs and the environment all match (off by default).
+    :param templates_dict, templates_exts, show_return_value_in_logs: as for @task.
     """
 
-    template_fields: Sequence[str] = ("op_args", "op_kwargs", *RESOURCE_FIELDS, "env")
-    template_fields_renderers = {"op_args": "py", "op_kwargs": "py", "env": "json"}
+    template_fields: Sequence[str] = ("templates_dict", "op_args", "op_kwargs", *RESOURCE_FIELDS, "env")
+    template_fields_renderers = {"templates_dict": "json", "op_args": "py", "op_kwargs": "py", "env": "json"}
     shallow_copy_attrs: Sequence[str] = ("python_callable",)
     ui_color = "#cfe8dc"
     is_infra_task = True  # pipeline.declaration.INFRA_TASK: how planners recognise infra tasks
@@ -78,6 +79,9 @@ class InfraOperator(BaseOperator):
         environment: Environment | None = None,
         target: str = "auto",
         cache: bool | str = False,
+        templates_dict: dict[str, Any] | None = None,
+        templates_exts: Sequence[str] | None = None,
+        show_return_value_in_logs: bool = True,
         **kwargs: Any,
     ) -> None:
         # Named one by one (not **kwargs) so that classic .partial().expand() can map them.
@@ -98,6 +102,11 @@ class InfraOperator(BaseOperator):
         self.op_kwargs = dict(op_kwargs or {})
         self.target = target
         self.cache = cache
+        # As PythonOperator (and so @task) takes them.
+        self.templates_dict = templates_dict
+        if templates_exts:
+            self.template_ext = templates_exts
+        self.show_return_value_in_logs = show_return_value_in_logs
         # Undeclared fields keep the class default, None. Written to __dict__ directly: during
         # __init__, BaseOperator.__setattr__ would only record init kwargs, which hold these already.
         self.__dict__.update(declared)
@@ -150,7 +159,8 @@ class InfraOperator(BaseOperator):
         self.log.info("target %r: %s", plan.route.target, plan.route.reason)
         with keep_references():  # a reduce task's lazy sequence is fetched here
             args, kwargs = call_arguments(
-                self.python_callable, self.op_args, self.op_kwargs, context, where(self.dag_id, self.task_id)
+                self.python_callable, self.op_args, self.op_kwargs, context, where(self.dag_id, self.task_id),
+                self.templates_dict,
             )
         ti = context["ti"]
         packaged = package_call(
@@ -166,6 +176,7 @@ class InfraOperator(BaseOperator):
                 return self._decode(call.store, call.folder, outcome, meta)
         write_meta(packaged)
         self._execution = Execution(plan.runner(config), call)
+        self._show_links(call.links)
         return self._continue(self._execution.start(), meta)
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
@@ -182,7 +193,13 @@ class InfraOperator(BaseOperator):
             map_index=ti.map_index, try_number=ti.try_number, log=self.log, context=context,
         )
         self._execution = Execution.reopen(runner_for(meta["target"], config), call)
+        self._show_links(call.links)
         return self._continue(self._execution.resume(event), meta)
+
+    def _show_links(self, recorded: dict[str, str]) -> None:
+        """Airflow stores a task instance's extra links when it ends, in this process: hand it
+        the links the target records (live), and only those, so no empty link is stored."""
+        self.operator_extra_links = RecordedLinks(type(self).operator_extra_links, recorded)
 
     def _continue(self, deferral: Any, meta: dict[str, Any]) -> Any:
         """Defer if the target asked to; else read the ended call's outcome."""
@@ -202,10 +219,15 @@ class InfraOperator(BaseOperator):
     def _decode(self, store: Any, folder: Any, outcome: dict[str, Any], meta: dict[str, Any]) -> Any:
         from airflow_infra.pipeline.decode import decode
 
-        return decode(
+        value = decode(
             store, folder, outcome, requested=meta["resources"], multiple_outputs=bool(self.multiple_outputs),
             log=self.log, where=where(self.dag_id, self.task_id),
         )
+        if self.show_return_value_in_logs:  # as PythonOperator says it
+            self.log.info("Done. Returned value was: %s", value)
+        else:
+            self.log.info("Done. Returned value not shown")
+        return value
 
     def on_kill(self) -> None:
         if self._execution is not None:

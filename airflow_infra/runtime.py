@@ -166,6 +166,41 @@ def _register_sources(sources: dict[str, str]) -> None:
             linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
 
 
+def _message(exc: BaseException) -> str:
+    """The exception's message, with a hint where the cause is the place the function runs."""
+    message = str(exc)
+    if isinstance(exc, ImportError) and (getattr(exc, "name", None) or "").split(".")[0] == "airflow":
+        message += (
+            " (Airflow is not installed where the function runs, so get_current_context() and other Airflow"
+            " imports are not available: declare the context values it needs as parameters instead, e.g."
+            " params, run_id, ds, logical_date, ts, try_number, map_index)"
+        )
+    return message
+
+
+# A log record from the function, one line each: LOG_MARK, its level and logger name, the text.
+# The worker turns such lines into task-log records of that level (local, docker); on pods and
+# jobs they reach the task log through the provider's log stream with level and name in the text.
+LOG_MARK = "\x1f"
+
+
+def _send_log_records_to_stderr(level: int) -> None:
+    """What `logging` in the function writes goes to stderr, marked with its level and logger,
+    so it reaches the task log as it would from @task (where Airflow's handlers catch it)."""
+    import logging
+
+    class MarkedLines(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            head = f"{LOG_MARK}{record.levelname} {record.name}: "
+            return "\n".join(head + line for line in (super().format(record).splitlines() or [""]))
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(MarkedLines("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
 def _user_traceback(exc: BaseException) -> str:
     import traceback
 
@@ -235,15 +270,20 @@ def main(argv: list[str]) -> int:
         print(f"airflow-infra runtime: could not load the call: {exc!r}", file=sys.stderr)
         outcome["error"] = {"stage": "load", "type": type(exc).__name__, "message": str(exc), "traceback": _user_traceback(exc)}
     else:
+        _send_log_records_to_stderr(int(call.get("log_level", 20)))
         try:
             result = call["fn"](*args, **kwargs)
+            if hasattr(result, "__await__") and hasattr(result, "send"):  # an `async def`: run it, as @task does
+                import asyncio
+
+                result = asyncio.run(result)
             outcome["outputs"] = _write_outputs(result, call, out_dir)
             outcome["ok"] = True
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the task too
             _register_sources(call.get("sources", {}))
             text = _user_traceback(exc)
             sys.stderr.write(text)
-            outcome["error"] = {"stage": "run", "type": type(exc).__name__, "message": str(exc), "traceback": text}
+            outcome["error"] = {"stage": "run", "type": type(exc).__name__, "message": _message(exc), "traceback": text}
     sys.stdout.flush()
     sys.stderr.flush()
     outcome["metrics"] = _measure(started)
@@ -306,6 +346,8 @@ def serve() -> int:
     socket (the worker has gone) ends the server, and any call still running.
     """
     import socket
+
+    import logging  # noqa: F401  (every call sets up logging: inherited loaded, like cloudpickle)
 
     import cloudpickle  # noqa: F401  (the point of serving: every child inherits it loaded)
 

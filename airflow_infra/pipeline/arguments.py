@@ -9,8 +9,10 @@ from typing import Any
 
 from airflow_infra.errors import InfraSpecError
 
-# Context values a function may ask for by parameter name, beyond Airflow's own keys.
-EXTRA_CONTEXT = ("map_index",)
+# Values a function may ask for by parameter name that Airflow keeps on the task instance,
+# not in the context.
+FROM_TASK_INSTANCE = ("map_index", "try_number")
+
 
 def to_plain(value: Any) -> Any:
     """A context value as plain Python (pendulum -> datetime, ParamsDict -> dict), or TypeError."""
@@ -30,18 +32,37 @@ def to_plain(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def materialize(value: Any) -> Any:
-    """Turn lazy XCom sequences (what a task downstream of a mapped task gets) into lists."""
-    if isinstance(value, (str, bytes, bytearray)):
+def _from_airflow(value: Any) -> bool:
+    return type(value).__module__.split(".")[0] in ("airflow", "pendulum")
+
+
+def plain_value(value: Any) -> Any:
+    """A user argument with Airflow's own types made plain, wherever they sit in lists, tuples
+    and dicts: pendulum datetimes, dates and durations become datetime (offset kept), date and
+    timedelta; ParamsDict and other Airflow mappings become dicts; lazy XCom sequences (what a
+    task downstream of a mapped task gets) become lists. Everything else stays as it is."""
+    if value is None or type(value) in (str, int, float, bool, bytes):
         return value
-    if isinstance(value, dict):
-        return {k: materialize(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(materialize(v) for v in value)
+    if type(value) is dict or (isinstance(value, Mapping) and _from_airflow(value)):
+        return {k: plain_value(value[k]) for k in value}
+    if type(value) in (list, tuple):
+        return type(value)(plain_value(v) for v in value)
+    if not _from_airflow(value):
+        return value
+    if isinstance(value, dt.datetime):
+        offset = value.utcoffset()
+        return dt.datetime(
+            value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond,
+            tzinfo=None if offset is None else dt.timezone(offset),
+        )
+    if isinstance(value, dt.date):
+        return dt.date(value.year, value.month, value.day)
+    if isinstance(value, dt.timedelta):
+        return dt.timedelta(days=value.days, seconds=value.seconds, microseconds=value.microseconds)
     if isinstance(value, Sequence):
         # One slice is one request for the whole sequence; iterating would fetch item by item
         # and probe one past the end.
-        return [materialize(v) for v in value[:]]
+        return [plain_value(v) for v in value[:]]
     return value
 
 
@@ -79,22 +100,25 @@ def coerce_rendered(fn: Callable, args: list, kwargs: dict, where_: str) -> tupl
     return list(bound.args), dict(bound.kwargs)
 
 
-def call_arguments(fn: Callable, op_args: list, op_kwargs: dict, context: Any, where_: str) -> tuple[list, dict]:
-    """The positional and keyword arguments the function is called with: the user's own
-    (lazy sequences materialised), plus the context keys it names as parameters, as plain values."""
+def call_arguments(
+    fn: Callable, op_args: list, op_kwargs: dict, context: Any, where_: str, templates_dict: dict | None = None
+) -> tuple[list, dict]:
+    """The positional and keyword arguments the function is called with, as @task would
+    pass them: the user's own (Airflow's types made plain), `templates_dict` and the context
+    keys it names as parameters, as plain values."""
     import inspect
 
     from airflow.sdk.bases.decorator import KeywordParameters
     from airflow.sdk.definitions.context import Context, context_merge
 
-    user_keys = set(op_kwargs)
-    context_merge(context, op_kwargs)
+    user_keys = {*op_kwargs, "templates_dict"}
+    context_merge(context, op_kwargs, templates_dict=templates_dict)
     wanted = KeywordParameters.determine(fn, op_args, context).unpacking()
     params = inspect.signature(fn).parameters
     kwargs: dict[str, Any] = {}
     for key, value in wanted.items():
         if key in user_keys:
-            kwargs[key] = materialize(value)
+            kwargs[key] = plain_value(value)
             continue
         try:
             kwargs[key] = to_plain(value)
@@ -105,14 +129,14 @@ def call_arguments(fn: Callable, op_args: list, op_kwargs: dict, context: Any, w
                     "which cannot travel to where it runs; ask for plain values such as params, run_id, "
                     "ds, logical_date, try_number or map_index"
                 ) from None
-    for key in EXTRA_CONTEXT:
+    for key in FROM_TASK_INSTANCE:
         if key in params and key not in user_keys:
-            kwargs[key] = context["ti"].map_index
+            kwargs[key] = getattr(context["ti"], key)
     for key, param in params.items():
         # A run triggered without a logical date has no logical_date, ds, data_interval_*...:
         # a function that names one gets None rather than a TypeError about its signature.
         # (The user's own arguments were merged into the context above.)
-        if key in Context.__annotations__ and key not in context and param.default is inspect.Parameter.empty:
+        if key not in kwargs and key in Context.__annotations__ and key not in context and param.default is inspect.Parameter.empty:
             kwargs[key] = None
-    args = [materialize(a) for a in op_args]
+    args = [plain_value(a) for a in op_args]
     return coerce_rendered(fn, args, kwargs, where_)

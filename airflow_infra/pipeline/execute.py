@@ -11,11 +11,14 @@ from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
 
 
 def save_handle(call: Call, handle: Handle) -> None:
+    handle.links = dict(call.links)  # so that a resumed attempt still shows them
     call.store.write_bytes(call.folder / HANDLE_FILE, handle.to_json().encode())
 
 
 def load_handle(call: Call) -> Handle:
-    return Handle.from_json(call.store.read_bytes(call.folder / HANDLE_FILE))
+    handle = Handle.from_json(call.store.read_bytes(call.folder / HANDLE_FILE))
+    call.links.update(handle.links)
+    return handle
 
 
 class Execution:
@@ -62,7 +65,12 @@ class Execution:
         except Exception as exc:  # noqa: BLE001 - explained below, unless the call wrote its own outcome
             error = exc
         except BaseException:
-            self.runner.collect(call, handle)  # a timeout or signal unwinding the task: release, then go on
+            # Airflow's execution_timeout or a signal unwinding the task: the call must not
+            # outlive it, on any target (process group, container, pod, job).
+            try:
+                self.runner.kill(handle)
+            finally:
+                self.runner.collect(call, handle)
             raise
         else:
             if deferral is not None:

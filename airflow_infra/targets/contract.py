@@ -70,7 +70,8 @@ class Call:
     refs: tuple[str, ...] = ()  # artifact URIs the arguments name (a staged run downloads them)
     requirements_path: Path | None = None
     requirements_text: str | None = None
-    context: Any = None  # Airflow's task context: for provider operators a kind delegates to, and links
+    context: Any = None  # Airflow's task context: for provider operators a kind delegates to
+    links: dict[str, str] = field(default_factory=dict)  # extra links recorded so far: {part: url}
 
     @property
     def where(self) -> str:
@@ -81,10 +82,9 @@ class Call:
         return self.store.uri(self.folder)
 
     def publish_link(self, part: str, url: str | None) -> None:
-        """Show `url` as this task instance's extra link `part` (image, pod, batch_job, job)."""
-        from airflow_infra.links import publish
-
-        publish(self.context, part, url)
+        """Show `url` as this task instance's extra link `part` (image, pod, batch_job)."""
+        if url:
+            self.links[part] = url
 
 
 @dataclass
@@ -101,6 +101,7 @@ class Handle:
     id: str
     folder: str
     details: dict[str, Any] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)  # the call's extra links when the handle was stored
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -108,7 +109,11 @@ class Handle:
     @classmethod
     def from_json(cls, text: str | bytes) -> Handle:
         data = json.loads(text)
-        return cls(**{k: data[k] for k in ("kind", "target", "id", "folder")}, details=dict(data.get("details") or {}))
+        return cls(
+            **{k: data[k] for k in ("kind", "target", "id", "folder")},
+            details=dict(data.get("details") or {}),
+            links=dict(data.get("links") or {}),
+        )
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,10 @@ what is left at the end is flushed as a last line.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+
+from airflow_infra.runtime import LOG_MARK
 
 MAX_LINE = 64 * 1024
 
@@ -41,3 +44,16 @@ class OutputLines:
 
 def _text(line: bytes) -> str:
     return line.rstrip(b"\r").decode(errors="replace")
+
+
+def log_line(log: logging.Logger, line: str) -> None:
+    """Pass one line of a call's output to the task log: a log record from the function
+    (marked by the runtime with its level and logger) at its own level, anything else as info."""
+    if line.startswith(LOG_MARK):
+        level_name, _, rest = line[len(LOG_MARK) :].partition(" ")
+        level = logging.getLevelName(level_name)
+        if isinstance(level, int):
+            name, _, message = rest.partition(": ")
+            log.log(level, "%s: %s", name, message)
+            return
+    log.info("%s", line)

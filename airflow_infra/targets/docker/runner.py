@@ -14,7 +14,7 @@ import uuid
 
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner, deadline, explain_process_end
 from airflow_infra.targets.image import prepare_image
-from airflow_infra.targets.output import OutputLines
+from airflow_infra.targets.output import OutputLines, log_line
 from airflow_infra.targets.staging import StagedCall
 
 
@@ -81,7 +81,7 @@ class DockerRunner(Runner):
                 for chunk in container.logs(stream=True, follow=True):
                     seen += len(chunk)
                     for line in lines.feed(chunk):
-                        call.log.info("%s", line)
+                        log_line(call.log, line)
                 handle.details["exit_code"] = container.wait()["StatusCode"]
                 # A followed log can end before the engine has stored the last output (a
                 # final line without a newline, seen here): the log read once the container
@@ -92,10 +92,10 @@ class DockerRunner(Runner):
                         skip -= len(chunk)
                         continue
                     for line in lines.feed(chunk[skip:]):
-                        call.log.info("%s", line)
+                        log_line(call.log, line)
                     skip = 0
                 for line in lines.flush():
-                    call.log.info("%s", line)
+                    log_line(call.log, line)
             container.reload()
             handle.details["oom"] = bool(container.attrs["State"].get("OOMKilled", False))
         except BaseException:

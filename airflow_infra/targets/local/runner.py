@@ -9,6 +9,7 @@ from pathlib import Path
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner, deadline, explain_process_end
 from airflow_infra.targets.local.server import RunningCall, ServerGone, forget, server_for
 from airflow_infra.targets.local.venvs import child_environ, ensure_env
+from airflow_infra.targets.output import log_line
 from airflow_infra.targets.staging import StagedCall
 
 
@@ -58,7 +59,7 @@ class LocalRunner(Runner):
 
         try:
             with deadline(call.resources.timeout, expire):
-                handle.details["exit_code"] = running.stream(lambda line: call.log.info("%s", line))
+                handle.details["exit_code"] = running.stream(lambda line: log_line(call.log, line))
         except ServerGone as exc:
             forget(self._python)
             handle.details["server_died"] = str(exc)

@@ -232,6 +232,19 @@ def test_killing_the_task_deletes_its_pod(airflow_db, docker_yaml, moto_s3, fake
 
 
 @pytest.mark.integration
+def test_execution_timeout_deletes_the_pod(dags, docker_yaml, moto_s3, fake_kube):
+    """Airflow's execution_timeout unwinds the task: its pod must not run on."""
+    write_kube_yaml(docker_yaml, moto_s3)
+    run = dags.test("infra_kube_timeout")
+    assert not run.succeeded and "AirflowTaskTimeout" in run.output  # reported as the timeout it is
+    assert "Deleting pod: overstays-" in run.output  # there was a pod when the timeout came
+    deadline = time.monotonic() + 30  # deletion is asynchronous on a cluster
+    while [p for p in pods_left() if p.startswith("overstays")] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [p for p in pods_left() if p.startswith("overstays")]
+
+
+@pytest.mark.integration
 def test_a_restarted_try_reattaches_to_its_running_pod(dags, docker_yaml, moto_s3, fake_kube, tmp_path):
     """The worker dies mid-task (SIGKILL: no on_kill); running the same try again finds the
     pod by its labels, follows it to the end and reads the results it wrote."""

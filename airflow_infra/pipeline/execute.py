@@ -62,16 +62,17 @@ class Execution:
         error: Exception | None = None
         try:
             deferral = step()
-        except Exception as exc:  # noqa: BLE001 - explained below, unless the call wrote its own outcome
-            error = exc
-        except BaseException:
-            # Airflow's execution_timeout or a signal unwinding the task: the call must not
-            # outlive it, on any target (process group, container, pod, job).
-            try:
-                self.runner.kill(handle)
-            finally:
-                self.runner.collect(call, handle)
-            raise
+        except BaseException as exc:
+            unwinding = _unwinding(exc)
+            if unwinding is not None:
+                # Airflow's execution_timeout or a signal unwinding the task: the call must not
+                # outlive it, on any target (process group, container, pod, job).
+                try:
+                    self.runner.kill(handle)
+                finally:
+                    self.runner.collect(call, handle)
+                raise unwinding from None
+            error = exc  # explained below, unless the call wrote its own outcome
         else:
             if deferral is not None:
                 save_handle(call, handle)
@@ -85,3 +86,15 @@ class Execution:
         if call.store.exists(self.outcome_folder / OUTCOME_FILE):
             return None  # ok, or the function failed and said why: the decoder reports either
         raise InfraTaskFailed(f"{call.where}: {self.runner.explain(call, handle, error)}") from None
+
+
+def _unwinding(exc: BaseException) -> BaseException | None:
+    """The exception unwinding the task (AirflowTaskTimeout, AirflowTaskTerminated, ...: not
+    an Exception), even where a provider's cleanup raised another one over it (the pod
+    operator's `finally` does)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if not isinstance(seen, Exception):
+            return seen
+        seen = seen.__context__
+    return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from airflow.sdk import dag
 
 from airflow_infra import infra_task
@@ -51,6 +53,21 @@ def infra_kube_sleeper():
 
 
 infra_kube_sleeper()
+
+
+@dag(schedule=None, catchup=False, tags=["airflow-infra-tests"])
+def infra_kube_timeout():
+    @infra_task(target="k8s", execution_timeout=dt.timedelta(seconds=20), retries=0)
+    def overstays() -> None:
+        import time
+
+        print("overstaying", flush=True)
+        time.sleep(600)
+
+    overstays()
+
+
+infra_kube_timeout()
 
 
 @dag(schedule=None, catchup=False, tags=["airflow-infra-tests"])

@@ -268,7 +268,7 @@ def main(argv: list[str]) -> int:
         kwargs = resolve_refs(dict(call["kwargs"]), local_refs)
     except Exception as exc:  # noqa: BLE001
         print(f"airflow-infra runtime: could not load the call: {exc!r}", file=sys.stderr)
-        outcome["error"] = {"stage": "load", "type": type(exc).__name__, "message": str(exc), "traceback": _user_traceback(exc)}
+        outcome["error"] = {"stage": "load", "type": type(exc).__name__, "message": _message(exc), "traceback": _user_traceback(exc)}
     else:
         _send_log_records_to_stderr(int(call.get("log_level", 20)))
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ CALL_FILE = "call.pkl"
 CALL_META_FILE = "call.json"
 HANDLE_FILE = "handle.json"
 CACHE_DIR = "_cache"  # {artifacts}/_cache/{key}.json: the result cache's index
+_LOCAL = ("file", "local", "")  # ObjectStoragePath protocols of the local filesystem
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -66,10 +68,8 @@ class ArtifactStore:
 
         self.url = url.rstrip("/")
         self.root = ObjectStoragePath(self.url)
-
-    @property
-    def is_local(self) -> bool:
-        return self.root.protocol in ("file", "local", "")
+        # Decided once: every read, write and existence check of a call asks.
+        self.is_local = self.root.protocol in _LOCAL
 
     def local_path(self, path: ObjectStoragePath) -> Path:
         """The filesystem path of a location in a local store."""
@@ -81,15 +81,23 @@ class ArtifactStore:
         """A fresh folder for this call: `{try}`, or `{try}-2`, `{try}-3`... when that try ran
         before (`airflow tasks test` re-runs a try without counting it): nothing is overwritten.
         With fresh=False: the latest existing folder of this try (to resume a deferred call)."""
-        base = self.root / path_component(dag_id) / path_component(run_id) / path_component(task_id) / str(map_index)
-        path, attempt = base / str(try_number), 1
-        while self.exists(path / CALL_META_FILE):
-            previous = path
+        # Probed as relative strings, and one path object made for the folder found: each
+        # `/` on an ObjectStoragePath costs tens of microseconds, and components are single
+        # path segments (path_component), so the joined string means the same path.
+        base = f"{path_component(dag_id)}/{path_component(run_id)}/{path_component(task_id)}/{map_index}"
+        name, attempt = str(try_number), 1
+        while self._exists_under_root(f"{base}/{name}/{CALL_META_FILE}"):
+            previous = name
             attempt += 1
-            path = base / f"{try_number}-{attempt}"
-            if not fresh and not self.exists(path / CALL_META_FILE):
-                return previous
-        return path
+            name = f"{try_number}-{attempt}"
+            if not fresh and not self._exists_under_root(f"{base}/{name}/{CALL_META_FILE}"):
+                return self.root / f"{base}/{previous}"
+        return self.root / f"{base}/{name}"
+
+    def _exists_under_root(self, relative: str) -> bool:
+        if self.is_local:
+            return os.path.exists(os.path.join(self.root.path, relative))
+        return self.exists(self.root / relative)
 
     def uri(self, path: ObjectStoragePath) -> str:
         return str(path)
@@ -103,9 +111,14 @@ class ArtifactStore:
 
         return ObjectStoragePath(uri)
 
-    def write_bytes(self, path: ObjectStoragePath, data: bytes) -> None:
+    def write_bytes(self, path: ObjectStoragePath, data: bytes, *, durable: bool = True) -> None:
+        """Write `path` atomically. On a local store, `durable` (the default) also fsyncs it
+        before the rename, so that after a crash of this machine the file is there whole or
+        not at all. durable=False is for files that only this attempt of the call reads while
+        it runs (call.pkl, handle.json on a local store: the call they describe is a process
+        or container of this machine, gone with it); object stores ignore it (a PUT is whole)."""
         if self.is_local:
-            atomic_write(self.local_path(path), data)
+            atomic_write(path.path, data, durable=durable)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
@@ -114,19 +127,26 @@ class ArtifactStore:
         self.write_bytes(path, json.dumps(data, indent=1, sort_keys=True, default=str).encode())
 
     def read_bytes(self, path: ObjectStoragePath) -> bytes:
+        if self.is_local and path.protocol in _LOCAL:  # the same bytes, without fsspec's layers (a few reads per call)
+            with open(path.path, "rb") as fh:
+                return fh.read()
         return path.read_bytes()
 
     def read_json(self, path: ObjectStoragePath) -> Any:
         return json.loads(self.read_bytes(path))
 
     def exists(self, path: ObjectStoragePath) -> bool:
+        if self.is_local and path.protocol in _LOCAL:
+            return os.path.exists(path.path)
         return path.exists()
 
     def remove_tree(self, path: ObjectStoragePath) -> None:
         path.fs.rm(path.path, recursive=True)
 
     def download(self, path: ObjectStoragePath, dest: Path) -> Path:
-        atomic_write(dest, self.read_bytes(path))
+        # Into a scratch folder that this attempt removes when the call ends: an fsync would
+        # make durable what nobody reads after a crash (the store keeps the original).
+        atomic_write(dest, self.read_bytes(path), durable=False)
         return dest
 
     def upload(self, src: Path, path: ObjectStoragePath) -> None:

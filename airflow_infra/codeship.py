@@ -16,64 +16,89 @@ import sys
 from collections import ChainMap
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import CodeType, ModuleType
+from types import CodeType, FunctionType, ModuleType
 from typing import Any
 
 
-def local_modules(fn: Callable, roots: Iterable[str]) -> list[ModuleType]:
-    """The function's own module and every loaded module whose file lies under `roots`."""
-    # Plain string prefixes (each root as given and resolved), checked by str.startswith
-    # in C: resolving each of the thousands of loaded modules' paths would cost more than
-    # the rest of a task's start.
-    prefixes = tuple({form + os.sep for r in roots if r for form in (os.path.abspath(r), os.path.realpath(r))})
-    installed = tuple(p + os.sep for p in sys.path if "site-packages" in p or "dist-packages" in p)
-    found: dict[str, ModuleType] = {}
+def dumps_call(fn: Callable, args: list, kwargs: dict, *, roots: Iterable[str], **options: Any) -> tuple[bytes, list[ModuleType]]:
+    """Pickle {fn, args, kwargs, **options, sources}. Returns the pickle and the modules shipped by value.
+
+    Code from the function's own module and from modules under `roots` (the DAG folder) goes
+    by value, because where the call runs has no DAG folder; installed packages go by
+    reference. Only the local modules the pickle actually reaches are shipped (and their
+    sources sent, for tracebacks): pickling notes each local module whose function, class
+    or module object it meets by reference, and pickles again with those shipped too, until
+    it meets none. Usually once: a function that uses nothing from another local module.
+    """
     own = sys.modules.get(getattr(fn, "__module__", "") or "")
+    ship: dict[str, ModuleType] = {}
     if own is not None and own.__name__ != "__main__":
-        found[own.__name__] = own
-    if not prefixes:
-        return list(found.values())
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if file and file.startswith(prefixes) and not file.startswith(installed) and name != "__main__" and not name.startswith("airflow_infra"):
-            found[name] = module
-    return list(found.values())
+        ship[own.__name__] = own
+    prefixes = _root_prefixes(tuple(roots))
+    while True:
+        blob, wanted = _dump({"fn": fn, "args": list(args), "kwargs": dict(kwargs), **options}, ship, prefixes)
+        if not wanted:
+            return blob, list(ship.values())
+        ship.update(wanted)
 
 
-def dumps_call(fn: Callable, args: list, kwargs: dict, *, modules: Iterable[ModuleType], **options: Any) -> bytes:
-    """Pickle {fn, args, kwargs, **options} with `modules` (see local_modules) shipped by value."""
+def _dump(payload: dict[str, Any], ship: dict[str, ModuleType], prefixes: tuple[str, ...]) -> tuple[bytes, dict[str, ModuleType]]:
     import cloudpickle
 
-    modules = list(modules)
-    options["sources"] = _sources(modules)
     registered = []
     try:
-        for module in modules:
+        for module in ship.values():
             try:
                 cloudpickle.register_pickle_by_value(module)
                 registered.append(module)
             except ValueError:
                 continue  # already registered by someone else, or not importable by name
-        payload = {"fn": fn, "args": list(args), "kwargs": dict(kwargs), **options}
         buffer = io.BytesIO()
-        _pickler_class()(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(payload)
-        return buffer.getvalue()
+        pickler = _pickler_class()(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.ship, pickler.prefixes, pickler.wanted = ship, prefixes, {}
+        # Last in the dict, so pickled after everything else: its sources are those of the
+        # modules shipped in this round.
+        pickler.dump({**payload, "sources": _Sources(ship)})
+        return buffer.getvalue(), pickler.wanted
     finally:
         for module in registered:
             cloudpickle.unregister_pickle_by_value(module)
 
 
-def _sources(modules: list[ModuleType]) -> dict[str, str]:
-    """The source of each shipped module, so tracebacks show the user's lines where the files are absent."""
-    out = {}
-    for module in modules:
-        file = getattr(module, "__file__", None)
-        if file and file.endswith(".py"):
-            try:
-                out[file] = Path(file).read_text()
-            except OSError:
-                continue
-    return out
+class _Sources:
+    """Pickles as a plain dict {file: source} of the shipped modules, so tracebacks show the
+    user's lines where their files are absent."""
+
+    def __init__(self, ship: dict[str, ModuleType]) -> None:
+        self.ship = ship
+
+    def __reduce__(self) -> tuple:
+        out = {}
+        for module in self.ship.values():
+            file = getattr(module, "__file__", None)
+            if file and file.endswith(".py"):
+                try:
+                    out[file] = Path(file).read_text()
+                except OSError:
+                    continue
+        return dict, (out,)
+
+
+def _local_module(name: str, prefixes: tuple[str, ...]) -> ModuleType | None:
+    """The loaded module `name` if its file lies under `prefixes` (and not in an installed package)."""
+    module = sys.modules.get(name)
+    file = getattr(module, "__file__", None)
+    if not (isinstance(file, str) and file.startswith(prefixes)) or name == "__main__" or name.startswith("airflow_infra"):
+        return None
+    installed = tuple(p + os.sep for p in sys.path if "site-packages" in p or "dist-packages" in p)
+    return None if file.startswith(installed) else module
+
+
+@functools.lru_cache(maxsize=64)
+def _root_prefixes(roots: tuple[str, ...]) -> tuple[str, ...]:
+    # Each root as given and resolved (realpath asks the filesystem about every component:
+    # once per process and root), checked by str.startswith.
+    return tuple(sorted({form + os.sep for r in roots if r for form in (os.path.abspath(r), os.path.realpath(r))}))
 
 
 @functools.cache
@@ -89,6 +114,21 @@ def _pickler_class() -> type:
 
     class Pickler(cloudpickle.Pickler):
         dispatch_table = ChainMap({CodeType: code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table)
+        ship: dict[str, ModuleType] = {}
+        prefixes: tuple[str, ...] = ()
+        wanted: dict[str, ModuleType] = {}
+
+        def reducer_override(self, obj: Any) -> Any:
+            # A function, class or module of a local module not shipped yet would go by
+            # reference, and fail to import where the call runs: note it for the next round.
+            kind = type(obj)
+            if kind is FunctionType or kind is ModuleType or isinstance(obj, type):
+                name = obj.__name__ if kind is ModuleType else getattr(obj, "__module__", None)
+                if isinstance(name, str) and name not in self.ship and name not in self.wanted and self.prefixes:
+                    module = _local_module(name, self.prefixes)
+                    if module is not None:
+                        self.wanted[name] = module
+            return super().reducer_override(obj)
 
     return Pickler
 
@@ -143,11 +183,7 @@ def code_fingerprint(fn: Callable, modules: Iterable[ModuleType]) -> str:
         if id(obj) in seen:
             return
         seen.add(id(obj))
-        try:
-            parts.append(inspect.getsource(obj))
-        except (OSError, TypeError):
-            code = getattr(obj, "__code__", None)
-            parts.append(code.co_code.hex() if code is not None else repr(obj))
+        parts.append(_source_of(obj))
         code = getattr(obj, "__code__", None)
         if code is None:
             return
@@ -163,3 +199,35 @@ def code_fingerprint(fn: Callable, modules: Iterable[ModuleType]) -> str:
 
     visit(fn)
     return hashlib.sha256("\n\0".join(parts).encode()).hexdigest()
+
+
+def _source_of(obj: Any) -> str:
+    """inspect.getsource(obj) (or, without a source, the bytecode or repr), remembered per
+    code object or class.
+
+    getsource tokenises the file (for a class, parses it) on every call, which a worker would
+    repeat for every call of the same function. A code object's source does not change while
+    it is loaded: a new version of the file becomes a new code object once its module is
+    loaded again (before, getsource would only have read the new file's lines at the old
+    code's line numbers). The memo holds the object it describes, so an id is never reused
+    meanwhile.
+    """
+    import inspect
+
+    key = getattr(obj, "__code__", obj)
+    remembered = _SOURCES.get(id(key))
+    if remembered is not None and remembered[0] is key:
+        return remembered[1]
+    try:
+        text = inspect.getsource(obj)
+    except (OSError, TypeError):
+        code = getattr(obj, "__code__", None)
+        text = code.co_code.hex() if code is not None else repr(obj)
+    if isinstance(key, CodeType) or inspect.isclass(key):  # other objects' repr may change: not remembered
+        if len(_SOURCES) >= 4096:
+            _SOURCES.clear()
+        _SOURCES[id(key)] = (key, text)
+    return text
+
+
+_SOURCES: dict[int, tuple[Any, str]] = {}

@@ -6,6 +6,7 @@ only (never while a DAG is parsed) and cached per process by the file's mtime.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from airflow_infra.spec import IMAGE_REF, TARGET_NAME
 from airflow_infra.targets.contract import TargetConfig
 from airflow_infra.targets.local import LocalTarget
 
-_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*\Z")
 
 
 def check_registry(value: str | None) -> str | None:
@@ -153,16 +154,20 @@ def config_path() -> Path:
     return Path(configured) if configured else Path(AIRFLOW_HOME) / "infra.yaml"
 
 
-_cache: dict[Path, tuple[float, InfraConfig]] = {}
+_cache: dict[Path, tuple[float | None, InfraConfig]] = {}
 
 
 def load_config(path: Path | None = None) -> InfraConfig:
     path = path or config_path()
     try:
-        mtime = path.stat().st_mtime
+        mtime: float | None = path.stat().st_mtime
     except FileNotFoundError:
-        return InfraConfig()
+        mtime = None  # no file: the default configuration, also made once per process
     cached = _cache.get(path)
+    if mtime is None:
+        if cached is None or cached[0] is not None:
+            cached = _cache[path] = (None, InfraConfig())
+        return cached[1]
     if cached and cached[0] == mtime:
         return cached[1]
     import yaml
@@ -183,7 +188,13 @@ def artifacts_url(config: InfraConfig) -> str:
         return config.artifacts
     from airflow.configuration import AIRFLOW_HOME
 
-    return f"file://{Path(AIRFLOW_HOME).resolve()}/infra/artifacts"
+    return _default_artifacts_url(AIRFLOW_HOME)
+
+
+@functools.lru_cache(maxsize=8)
+def _default_artifacts_url(airflow_home: str) -> str:
+    # Resolving walks the path's components (a system call each): once per home and process.
+    return f"file://{Path(airflow_home).resolve()}/infra/artifacts"
 
 
 def env_cache_dir() -> Path:

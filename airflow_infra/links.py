@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperatorLink
 
-_ECR = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com$")
+_ECR = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com\Z")
 
 
 def image_url(reference: str, template: str | None) -> str | None:

@@ -36,18 +36,29 @@ CONTROL = "AIRFLOW_INFRA_CONTROL_FD"  # names, in serve mode, the fd of the cont
 
 
 @contextmanager
-def atomic_file(dest: str | os.PathLike) -> Iterator[Any]:
-    """A file to write into; on success it replaces `dest` at once, on failure it vanishes."""
+def atomic_file(dest: str | os.PathLike, *, durable: bool = True) -> Iterator[Any]:
+    """A file to write into; on success it replaces `dest` at once, on failure it vanishes.
+
+    With `durable` the data is fsynced before the rename, so that after a crash of the
+    machine the file is whole or absent. durable=False is for files nobody reads once this
+    machine has crashed (a call's own inputs and handle on a local store, a scratch copy):
+    an fsync costs a journal commit, a millisecond or more, on every call of every task.
+    """
     dest = os.fspath(dest)
     folder, name = os.path.split(dest)
-    os.makedirs(folder or ".", exist_ok=True)
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(tmp, flags, 0o644)
+    except FileNotFoundError:  # the folder is made only when missing: makedirs asks about every level
+        os.makedirs(folder or ".", exist_ok=True)
+        fd = os.open(tmp, flags, 0o644)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):
@@ -92,9 +103,9 @@ def join(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}" if is_uri(base) else os.path.join(base, name)
 
 
-def atomic_write(dest: str | os.PathLike, data: bytes) -> None:
+def atomic_write(dest: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
     """Write through a temporary file in the same directory, then rename over the target."""
-    with atomic_file(dest) as fh:
+    with atomic_file(dest, durable=durable) as fh:
         fh.write(data)
 
 

@@ -22,55 +22,65 @@ from airflow_infra.quantities import parse_bytes, parse_cpu, parse_seconds
 
 WORKER_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
-_APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+(?:=[A-Za-z0-9.+~:-]+)?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_PYTHON = re.compile(r"^3\.([0-9]{1,2})(?:\.[0-9]+)?$")
+APT_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+(?:=[A-Za-z0-9.+~:-]+)?\Z")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_PYTHON = re.compile(r"^3\.([0-9]{1,2})(?:\.[0-9]+)?\Z")
 # An OCI image reference: [host[:port]/]path[:tag][@digest], lowercase path components.
 IMAGE_REF = re.compile(
     r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?\Z"
 )
-_GPU_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-TARGET_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_GPU_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+TARGET_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
 
 
 # The everyday subset of PEP 508, "name[extras] op version, op version": canonicalised
 # without packaging's full parser, which costs several times more at DAG parse time.
 _SIMPLE_REQUIREMENT = re.compile(
     r"^\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:\[\s*([A-Za-z0-9._,\s-]*)\s*\])?\s*"
-    r"((?:~=|===|==|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+(?:\s*,\s*(?:~=|===|==|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+)*)?\s*$"
+    r"((?:~=|===|==|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+(?:\s*,\s*(?:~=|===|==|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+)*)?\s*\Z"
 )
 _SPECIFIER = re.compile(r"(~=|===|==|!=|<=|>=|<|>)\s*([A-Za-z0-9.*+!_-]+)")
 
 
+# Compiled here, not given to re.sub/re.fullmatch as strings, which look the pattern up in
+# re's cache on every call (a cache that everything a DAG file runs shares and can evict).
+_NAME_SEPARATORS = re.compile(r"[-_.]+")
+_VERSION = re.compile(r"v?[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9]+)?(\+[a-z0-9.]+)?", re.I)
+
+
 def _canonical_name(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+    if "-" not in name and "_" not in name and "." not in name:  # most names: no separators to fold
+        return name.lower()
+    return _NAME_SEPARATORS.sub("-", name).lower()
 
 
 @functools.lru_cache(maxsize=4096)  # DAGs repeat the same pins across many tasks
 def canonical_requirement(text: str) -> str:
     """One spelling per PEP 508 requirement: 'NumPy <2' and 'numpy<2' both give 'numpy<2'."""
     simple = _SIMPLE_REQUIREMENT.match(text) if isinstance(text, str) else None
-    if simple and _valid_versions(simple.group(3)):
+    if simple:
         name, extras, specs = simple.groups()
-        out = _canonical_name(name)
-        extra_names = [e.strip() for e in (extras or "").split(",") if e.strip()]
-        if extra_names:
-            out += "[" + ",".join(sorted(_canonical_name(e) for e in extra_names)) + "]"
-        # Sorted like packaging's SpecifierSet renders them.
-        return out + ",".join(sorted(op + version for op, version in _SPECIFIER.findall(specs or "")))
+        specifiers = _SPECIFIER.findall(specs) if specs else []  # found once, for both uses below
+        if _valid_versions(specifiers):
+            out = _canonical_name(name)
+            extra_names = [e.strip() for e in extras.split(",") if e.strip()] if extras else []
+            if extra_names:
+                out += "[" + ",".join(sorted(_canonical_name(e) for e in extra_names)) + "]"
+            # Sorted like packaging's SpecifierSet renders them.
+            return out + ",".join(sorted(op + version for op, version in specifiers))
     return _canonical_requirement_full(text)
 
 
-def _valid_versions(specs: str | None) -> bool:
+def _valid_versions(specifiers: list[tuple[str, str]]) -> bool:
     """Versions in the simple form must still be valid versions ('==2.2.*' yes, '==banana' no)."""
-    for op, version in _SPECIFIER.findall(specs or ""):
+    for op, version in specifiers:
         if op == "===":
             continue
         if op == "~=" and "." not in version:
             return False  # '~=1' is invalid; let packaging say why
         core = version[:-2] if version.endswith(".*") and op in ("==", "!=") else version
-        if not re.fullmatch(r"v?[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9]+)?(\+[a-z0-9.]+)?", core, re.I):
+        if not _VERSION.fullmatch(core):
             return False
     return True
 
@@ -132,7 +142,7 @@ class Environment(BaseModel):
     def _apt(cls, value: Any) -> tuple[str, ...]:
         names = _as_list(value)
         for name in names:
-            if not isinstance(name, str) or not _APT_NAME.match(name):
+            if not isinstance(name, str) or not APT_NAME.match(name):
                 raise ValueError(f"{name!r} is not a Debian package name such as 'libgomp1' or 'curl=7.88.1-10'")
         return tuple(sorted(set(names)))
 
@@ -197,6 +207,25 @@ class Environment(BaseModel):
         return _hash(data)
 
 
+def _cores(value: Any) -> float:
+    return parse_cpu(value) / 1000
+
+
+def _positive_seconds(value: Any) -> float:
+    seconds = parse_seconds(value)
+    if seconds <= 0:
+        raise ValueError(f"a timeout must be positive, got {value!r}")
+    return seconds
+
+
+# What Resources' validators do to a declared (non-None) quantity: each returns a value of
+# the field's type, or raises. Parse time checks a new value with the function alone,
+# which is what the model would run on it (pipeline.declaration).
+QUANTITY_PARSERS: dict[str, Any] = {
+    "cpu": _cores, "memory": parse_bytes, "disk": parse_bytes, "shm": parse_bytes, "timeout": _positive_seconds,
+}
+
+
 class Resources(BaseModel):
     """What a task needs to run. Quantities are stored normalised: cores, bytes, seconds."""
 
@@ -213,7 +242,7 @@ class Resources(BaseModel):
     @field_validator("cpu", mode="before")
     @classmethod
     def _cpu(cls, value: Any) -> float | None:
-        return None if value is None else parse_cpu(value) / 1000
+        return None if value is None else _cores(value)
 
     @field_validator("memory", "disk", "shm", mode="before")
     @classmethod
@@ -243,12 +272,7 @@ class Resources(BaseModel):
     @field_validator("timeout", mode="before")
     @classmethod
     def _timeout(cls, value: Any) -> float | None:
-        if value is None:
-            return None
-        seconds = parse_seconds(value)
-        if seconds <= 0:
-            raise ValueError(f"a timeout must be positive, got {value!r}")
-        return seconds
+        return None if value is None else _positive_seconds(value)
 
     def content_hash(self) -> str:
         return _hash(self.model_dump(mode="json"))

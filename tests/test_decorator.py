@@ -250,3 +250,31 @@ def test_context_dates_a_run_lacks_arrive_as_none():
 
     bound = inspect.signature(fn).bind(*args, **kwargs).arguments
     assert bound == {"x": 1, "run_id": "manual__1", "logical_date": None}  # ds keeps its default
+
+
+@pytest.mark.parametrize(
+    ("field", "valid", "hostile"),
+    [
+        ("apt_packages", ["curl"], ["curl\nRUN touch /pwned"]),
+        ("apt_packages", ["curl"], ["curl\n"]),
+        ("base_image", "python:3.11-slim", "python:3.11-slim\n"),
+        ("gpu_type", "a100", "a100\n"),
+        ("env", {"MODE": "x"}, {"MODE\n": "x"}),
+        ("memory", "1Gi", "1Gi\nx"),
+        ("target", "local", "local\n"),
+    ],
+)
+def test_a_trailing_newline_is_refused_even_after_the_same_value_passed(field, valid, hostile):
+    # Validated values are remembered per process: a value equal but for a newline must not
+    # ride on the memo, and no validator's pattern may accept "name\n" (`$` would).
+    with DAG("nl_dag", schedule=None):
+
+        @infra_task
+        def fit():
+            return 1
+
+        fit.override(task_id="ok", **{field: valid})()
+        with pytest.raises(InfraSpecError) as info:
+            fit.override(task_id="fit", **{field: hostile})()
+    message = str(info.value)
+    assert "DAG 'nl_dag', task 'fit'" in message and f"{field}=" in message

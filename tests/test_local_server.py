@@ -35,7 +35,7 @@ def server():
 def start(srv: RuntimeServer, tmp_path: Path, fn: Callable) -> RunningCall:
     folder = tmp_path / f"call-{time.monotonic_ns()}"
     folder.mkdir()
-    (folder / "call.pkl").write_bytes(dumps_call(fn, [], {}, modules=[], xcom_max_bytes=1024))
+    (folder / "call.pkl").write_bytes(dumps_call(fn, [], {}, roots=[], xcom_max_bytes=1024)[0])
     return srv.start([str(folder / "call.pkl"), str(folder / "out")], folder, {"CALL_VAR": "set"})
 
 

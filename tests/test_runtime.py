@@ -20,7 +20,7 @@ from airflow_infra.runtime import atomic_write
 
 def run_call(tmp_path: Path, fn, *args, refs_map=None, **options) -> tuple[dict, Path, subprocess.CompletedProcess]:
     call = tmp_path / "call.pkl"
-    call.write_bytes(dumps_call(fn, list(args), {}, modules=[], xcom_max_bytes=1024, **options))
+    call.write_bytes(dumps_call(fn, list(args), {}, roots=[], xcom_max_bytes=1024, **options)[0])
     out = tmp_path / "out"
     cmd = [sys.executable, "-P", runtime.__file__, str(call), str(out)]
     if refs_map is not None:

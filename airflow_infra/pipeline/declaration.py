@@ -11,12 +11,16 @@ from airflow_infra.errors import InfraSpecError, where
 from airflow_infra.spec import (
     ENVIRONMENT_FIELDS,
     RESOURCE_FIELDS,
+    APT_NAME,
+    QUANTITY_PARSERS,
     TARGET_NAME,
     WORKER_PYTHON,
     Environment,
     Resources,
     build_models,
+    canonical_requirement,
     flatten,
+    is_templated,
 )
 
 DECLARED_FIELDS = (*ENVIRONMENT_FIELDS, *RESOURCE_FIELDS)
@@ -43,16 +47,92 @@ def declaration_from(kwargs: dict[str, Any], dag_id: str | None, task_id: str | 
 
 def validate_declaration(declared: Mapping[str, Any], target: str, dag: Any, task_id: str | None) -> None:
     """Everything that can be checked before the task runs, without network, Docker or registry."""
-    # Many tasks of a DAG share one declaration: check each distinct one once per process.
-    key = (repr(declared), repr(target), getattr(dag, "fileloc", None))
-    if key in _VALID_DECLARATIONS:
-        return
-    _check_declaration(declared, target, dag, task_id)
-    if len(_VALID_DECLARATIONS) < 10_000:
-        _VALID_DECLARATIONS.add(key)
+    # Checked value by value, each distinct value once per process: a DAG's tasks share most
+    # of their values even when each declares something of its own (a memory, one package),
+    # and checking a whole declaration again for one new value was most of what a task
+    # declared differently cost at parse time. Equivalent to checking the whole declaration,
+    # because no check looks at two fields together; anything the fast path does not accept
+    # (and so every error, reported in full, every field at once) goes through
+    # _check_declaration as before.
+    fileloc = getattr(dag, "fileloc", None)
+    if target != "auto" and not (type(target) is str and target in _VALID_TARGETS):
+        _check_declaration(declared, target, dag, task_id)  # raises if the target (or anything) is wrong
+        _remember(_VALID_TARGETS, target)
+    for name, value in declared.items():
+        if value is None or name not in _FIELD_KINDS:
+            continue
+        if name in _PER_ITEM and type(value) in (list, tuple):
+            # Packages one by one: a list differs from the next task's by one pin.
+            for item in value:
+                if type(item) is not str or (name, item) not in _VALID_DECLARATIONS:
+                    if not _item_ok(name, item):
+                        _check_declaration(declared, target, dag, task_id)  # raises, saying what is wrong
+                        break
+                    _remember(_VALID_DECLARATIONS, (name, item))
+            continue
+        try:
+            key = (name, type(value), value, fileloc if name == "requirements" else None)
+            known = key in _VALID_DECLARATIONS
+        except TypeError:  # unhashable (a mapping of env variables): checked every time
+            key, known = None, False
+        if not known:
+            if not _field_ok(name, value, fileloc):
+                _check_declaration(declared, target, dag, task_id)  # raises, saying what is wrong
+                continue
+            if key is not None:
+                _remember(_VALID_DECLARATIONS, key)
 
 
+# Values found valid in this process: (field, value) for each item of a list field,
+# (field, type, value, DAG file for `requirements`) for the others. The type is part of the
+# key because True == 1 and 2 == 2.0, which do not validate alike.
 _VALID_DECLARATIONS: set[tuple] = set()
+_VALID_TARGETS: set[str] = set()
+_FIELD_KINDS = {**dict.fromkeys(ENVIRONMENT_FIELDS, Environment), **dict.fromkeys(RESOURCE_FIELDS, Resources)}
+# The list fields whose validators check each item alone (Environment._packages, ._apt).
+_PER_ITEM = ("packages", "apt_packages")
+
+
+def _remember(memo: set, key: Any) -> None:
+    if len(memo) < 10_000:
+        memo.add(key)
+
+
+def _item_ok(name: str, item: Any) -> bool:
+    """Whether one item of a list field passes the check its validator makes of each item
+    (the same function, or the same pattern)."""
+    if name == "apt_packages":
+        return type(item) is str and APT_NAME.match(item) is not None
+    try:
+        canonical_requirement(item)  # cached: the model's validator finds it made at run time
+    except Exception:  # noqa: BLE001 - _check_declaration reports it
+        return False
+    return True
+
+
+def _field_ok(name: str, value: Any, fileloc: str | None) -> bool:
+    """Whether one declared value passes what _check_declaration checks of it: its model
+    validating it alone, as build_models(skip_templated=True) would, and the checks after."""
+    try:
+        if _FIELD_KINDS[name] is Resources:
+            if is_templated(value):  # decided once rendered
+                return True
+            parse = QUANTITY_PARSERS.get(name)
+            if parse is not None:
+                parse(value)  # all the model would do with it (a quarter of the model's cost)
+            else:
+                Resources(**{name: value})
+            return True
+        if name == "env" and isinstance(value, Mapping) and any(is_templated(v) for v in value.values()):
+            value = {k: ("" if is_templated(v) else v) for k, v in value.items()}
+        environment = Environment(**{name: value})
+    except Exception:  # noqa: BLE001 - _check_declaration reports it
+        return False
+    if name == "python":
+        return environment.python in (None, WORKER_PYTHON)
+    if name == "requirements" and fileloc:
+        return requirements_file(fileloc, environment.requirements).is_file()
+    return True
 
 
 def _check_declaration(declared: Mapping[str, Any], target: str, dag: Any, task_id: str | None) -> None:

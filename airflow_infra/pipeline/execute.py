@@ -12,7 +12,10 @@ from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
 
 def save_handle(call: Call, handle: Handle) -> None:
     handle.links = dict(call.links)  # so that a resumed attempt still shows them
-    call.store.write_bytes(call.folder / HANDLE_FILE, handle.to_json().encode())
+    # Not fsynced: on a local store the handle names a process or container of this machine
+    # (the kinds that run elsewhere need an object store, where a PUT is durable), which a
+    # crash of the machine ends too; nothing reads a handle once its call has gone.
+    call.store.write_bytes(call.folder / HANDLE_FILE, handle.to_json().encode(), durable=False)
 
 
 def load_handle(call: Call) -> Handle:

@@ -30,7 +30,17 @@ class Packaged:
 def store_for(config: InfraConfig) -> ArtifactStore:
     from airflow_infra.config import artifacts_url
 
-    return ArtifactStore(artifacts_url(config))
+    # One store object per URL and process: it holds nothing but its root, whose
+    # ObjectStoragePath would otherwise be made again (and, for object stores, its
+    # connection looked up again) on every call.
+    url = artifacts_url(config)
+    store = _stores.get(url)
+    if store is None:
+        store = _stores[url] = ArtifactStore(url)
+    return store
+
+
+_stores: dict[str, ArtifactStore] = {}
 
 
 def code_roots(dag_file: str | None) -> list[str]:
@@ -59,13 +69,16 @@ def package_call(
     log: Logger,
     context: Any,
 ) -> Packaged:
-    from airflow_infra.codeship import code_fingerprint, dumps_call, local_modules
+    from airflow_infra.codeship import code_fingerprint, dumps_call
 
     folder = store.task_dir(plan.dag_id, run_id, plan.task_id, map_index, try_number)
     refs = find_refs([args, kwargs])
-    modules = local_modules(fn, code_roots(dag_file))
-    blob = dumps_call(fn, args, kwargs, modules=modules, multiple_outputs=multiple_outputs, xcom_max_bytes=config.xcom_max_bytes)
-    store.write_bytes(folder / CALL_FILE, blob)
+    blob, modules = dumps_call(
+        fn, args, kwargs, roots=code_roots(dag_file), multiple_outputs=multiple_outputs, xcom_max_bytes=config.xcom_max_bytes
+    )
+    # Not fsynced: only this attempt's call reads it, while it runs (a retry after a crash
+    # packages the call again, into a folder of its own); call.json, the record, is.
+    store.write_bytes(folder / CALL_FILE, blob, durable=False)
     meta = {
         "dag_id": plan.dag_id,
         "task_id": plan.task_id,

@@ -1,10 +1,11 @@
 """Benchmark (a): parse time of a 200-task DAG, @infra_task vs plain @task.
 
-Both variants parse the same shape of DAG (200 tasks, chained in pairs) in the same
-process, with imports warmed up, alternating, many rounds; the figure is the ratio of
-the medians. Target: <= 1.05x.
+All variants parse the same shape of DAG (200 tasks, chained in pairs) in the same
+process, with imports warmed up, alternating, many rounds; the figures are the ratios of
+the medians: every task declaring the same packages and resources, and every task
+declaring differently (so no declared value is validated twice). Target: both <= 1.05x.
 
-    .venv/bin/python dev/bench/parse_bench.py [--tasks 200] [--rounds 15]
+    .venv/bin/python dev/bench/parse_bench.py [--tasks 200] [--rounds 31]
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ VARIANTS = {
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=31)
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="parse-bench-"))
@@ -77,6 +78,7 @@ def main() -> None:
     def parse(name: str) -> float:
         # Airflow parses each file in a fresh process: start every parse with cold memos.
         declaration._VALID_DECLARATIONS.clear()
+        declaration._VALID_TARGETS.clear()
         spec.canonical_requirement.cache_clear()
         t0 = time.perf_counter()
         bag = DagBag(dag_folder=str(files[name]))
@@ -96,9 +98,8 @@ def main() -> None:
     for name, value in med.items():
         print(f"  {name:14s} {value * 1000:8.1f} ms  ({value / args.tasks * 1e6:.0f} us/task)")
     print(f"  airflow_infra import (once per process, not in the medians): {import_ms:.1f} ms")
-    print(f"  every task declared differently: {med['infra_distinct'] / med['plain']:.3f}x")
-    ratio = med["infra"] / med["plain"]
-    print(f"RATIO infra/plain = {ratio:.3f}x (target <= 1.05x)")
+    print(f"RATIO infra/plain = {med['infra'] / med['plain']:.3f}x (target <= 1.05x)")
+    print(f"RATIO infra_distinct/plain = {med['infra_distinct'] / med['plain']:.3f}x (target <= 1.05x)")
 
 
 if __name__ == "__main__":

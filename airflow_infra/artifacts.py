@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 # The wire format lives in runtime (it runs where this package is not installed); the rest
 # of the package takes these names from here.
+from airflow_infra.errors import InfraStoreError
 from airflow_infra.runtime import OUTCOME_FILE, REF_KEY, atomic_write, map_refs
 
 if TYPE_CHECKING:
@@ -31,17 +32,28 @@ if TYPE_CHECKING:
 CALL_FILE = "call.pkl"
 CALL_META_FILE = "call.json"
 HANDLE_FILE = "handle.json"
-CACHE_DIR = "_cache"  # {artifacts}/_cache/{key}.json: the result cache's index
-_LOCAL = ("file", "local", "")  # ObjectStoragePath protocols of the local filesystem
+CACHE_DIR = "~result-cache"  # {artifacts}/~result-cache/{key}.json: the result cache's index (see path_component)
+_LOCAL = ("file", "local", "")
+_FILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}\Z")  # ObjectStoragePath protocols of the local filesystem
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_LONGEST = 200  # bytes; a path component may have 255
 
 
 def path_component(value: str) -> str:
-    """A run or task id as one safe path component; a changed id gets a short hash so two never collide."""
-    safe = _UNSAFE.sub("_", value)
-    if safe != value or safe in ("", ".", ".."):
-        safe = f"{safe}-{hashlib.sha256(value.encode()).hexdigest()[:8]}"
-    return safe
+    """A DAG, run or task id as one path component, and a different one for every id.
+
+    Characters other than [A-Za-z0-9._-] become ~XX (their UTF-8 bytes in hex): "run:a" is
+    "run~3aa", never "run_a"; '~' is escaped too, so the mapping can be undone and two ids
+    never share a folder. The store's own folders are '~' and a letter no escape starts with
+    (CACHE_DIR), so no id can name them; "", "." and ".." are escaped whole. An escaped id
+    longer than _LONGEST keeps its start and ends in "~~" and its SHA-256 ("~~" is not an escape).
+    """
+    if value in ("", ".", ".."):
+        return "~" + "~".join(f"{b:02x}" for b in value.encode())
+    out = _UNSAFE.sub(lambda m: "".join(f"~{b:02x}" for b in m.group().encode("utf-8", "surrogatepass")), value)
+    if len(out) > _LONGEST:
+        out = f"{out[:_LONGEST - 66]}~~{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()}"
+    return out
 
 
 def attempt_order(name: str) -> tuple[int, int]:
@@ -103,13 +115,32 @@ class ArtifactStore:
         return str(path)
 
     def output_path(self, task_dir: ObjectStoragePath, output: dict[str, Any]) -> ObjectStoragePath:
-        """Where an output described in outcome.json lives: its own URI (a cache hit), else its file."""
-        return self.path(output["uri"]) if output.get("uri") else task_dir / output["file"]
+        """Where an output described in outcome.json lives: its own URI (a cache hit), else its
+        file in the call's folder. outcome.json is written where the task ran: neither may
+        lead out of the store, nor the file out of its folder."""
+        if output.get("uri"):
+            return self.path(output["uri"])
+        name = output.get("file")
+        if not (isinstance(name, str) and _FILE_NAME.match(name) and name not in (".", "..")):
+            raise InfraStoreError(f"{self.uri(task_dir)}: an output names the file {name!r}, which is not a file of its call's folder")
+        return task_dir / name
 
     def path(self, uri: str) -> ObjectStoragePath:
-        from airflow.sdk import ObjectStoragePath
+        """The location `uri` names, which must lie inside this store.
 
-        return ObjectStoragePath(uri)
+        Every location read from something stored or passed along (an artifact reference in
+        XCom or in arguments, a cache entry, an outcome, a stored handle) is turned into a
+        path here, and only here: a URI of another store or bucket, a relative or absolute
+        path, or one with '.', '..' or empty segments is refused.
+        """
+        prefix = str(self.root).rstrip("/") + "/"
+        rest = uri[len(prefix):] if isinstance(uri, str) and uri.startswith(prefix) else None
+        if not rest or "\0" in rest or any(part in ("", ".", "..") for part in rest.split("/")):
+            raise InfraStoreError(
+                f"refusing to read {str(uri)[:200]!r}: it is not a location inside the artifact store {prefix!r} "
+                "(store contents and references are checked, because any task can write them)"
+            )
+        return self.root / rest
 
     def write_bytes(self, path: ObjectStoragePath, data: bytes, *, durable: bool = True) -> None:
         """Write `path` atomically. On a local store, `durable` (the default) also fsyncs it

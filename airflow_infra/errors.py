@@ -19,6 +19,11 @@ class InfraEnvironmentError(InfraError):
     """A task's environment could not be built."""
 
 
+class InfraStoreError(InfraError):
+    """The artifact store holds something that cannot be trusted: a location outside the store,
+    a record that is not what this provider writes."""
+
+
 class InfraTaskFailed(InfraError):
     """The user's function failed, or the process running it died."""
 

@@ -13,6 +13,7 @@ here, so both sides always agree.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -242,6 +243,10 @@ def _write_outputs(result: Any, call: dict[str, Any], out_dir: str) -> list[dict
             with open_write(path) as fh:
                 cloudpickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
                 size = fh.tell()
+        except OSError as exc:  # the store, not the value
+            if exc.errno == errno.ENOSPC:
+                raise OSError(exc.errno, f"no space left on the artifact store while writing the return value {key!r} to {path}") from None
+            raise
         except Exception as exc:  # noqa: BLE001 - any pickling failure is the same user problem
             raise TypeError(f"the return value {key!r} ({type(value).__name__}) cannot be pickled: {exc}") from exc
         described.append(

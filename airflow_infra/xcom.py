@@ -19,7 +19,7 @@ from typing import Any
 
 from airflow.sdk.bases.xcom import BaseXCom
 
-from airflow_infra.artifacts import REF_KEY, map_refs
+from airflow_infra.artifacts import REF_KEY, find_refs, map_refs
 
 _KEEP_REFERENCES = contextvars.ContextVar("airflow_infra_keep_references", default=False)
 
@@ -35,9 +35,16 @@ def keep_references() -> Iterator[None]:
 
 
 def load_references(value: Any) -> Any:
-    from airflow.sdk import ObjectStoragePath
+    """`value` with each reference replaced by the value it names, read from the configured
+    artifact store (a reference naming anything outside it is refused: XCom is writable by
+    any task)."""
+    from airflow_infra.config import load_config
+    from airflow_infra.pipeline.package import store_for
 
-    return map_refs(value, lambda ref: pickle.loads(ObjectStoragePath(ref[REF_KEY]).read_bytes()))
+    if not find_refs(value):
+        return value
+    store = store_for(load_config())
+    return map_refs(value, lambda ref: pickle.loads(store.read_bytes(store.path(ref[REF_KEY]))))
 
 
 class InfraXComBackend(BaseXCom):

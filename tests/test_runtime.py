@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from airflow_infra import runtime
-from airflow_infra.artifacts import find_refs, make_ref, path_component
+from airflow_infra.artifacts import CACHE_DIR, find_refs, make_ref, path_component
 from airflow_infra.codeship import dumps_call, loads_plain
 from airflow_infra.runtime import atomic_write
 
@@ -125,3 +126,16 @@ def test_path_components_are_safe_and_distinct():
     assert "/" not in a and ":" not in a and a != b
     assert path_component("../x") != ".." and "/" not in path_component("../x")
     assert path_component("plain_id-1.2") == "plain_id-1.2"
+
+
+def test_path_components_are_injective_and_never_name_the_stores_own_folders():
+    hostile = [
+        "", ".", "..", "...", "~", "~7e", "~2e", "~~", "run:a", "run_a", "run~3aa", "run_a-0c1d2e3f",
+        "_cache", CACHE_DIR, "a/b", "a\\b", "a\nb", "a\x00b", "é", "e\u0301", "\ud800", " ", "x" * 300,
+        "x" * 299 + "y", "x" * 134 + "~~", "manual__2026-01-01T00:00:00+00:00", "manual__2026-01-01T00~3a00~3a00~2b00~3a00",
+    ]
+    out = [path_component(value) for value in hostile]
+    assert len(set(out)) == len(hostile), [(v[:12], o[:40]) for v, o in zip(hostile, out) if out.count(o) > 1]
+    for value, name in zip(hostile, out):
+        assert re.match(r"[A-Za-z0-9._~-]{1,255}\Z", name), (value, name)
+        assert name not in (".", "..", CACHE_DIR), value

@@ -17,6 +17,7 @@ import pickle
 from typing import Any
 
 from airflow_infra.artifacts import CACHE_DIR, CALL_META_FILE, OUTCOME_FILE, REF_KEY, ArtifactStore, map_refs
+from airflow_infra.errors import InfraStoreError
 
 
 def _identity(value: Any) -> Any:
@@ -70,7 +71,13 @@ def lookup(store: ArtifactStore, key: str) -> dict[str, Any] | None:
 def serve(store: ArtifactStore, folder: Any, meta: dict[str, Any], key: str, log: Any) -> dict[str, Any] | None:
     """On a hit, record this call as served from the cache (its call.json and outcome.json)
     and return the outcome; on a miss, note the key in `meta` for `record` after the run."""
-    hit = lookup(store, key)
+    try:
+        hit = lookup(store, key)
+    except (InfraStoreError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        # The index is writable by every task: an entry that is broken or leads out of the
+        # store is a miss (and is replaced by this call's entry), never a reason to fail.
+        log.warning("cache entry %s ignored: %s", key[:12], exc)
+        hit = None
     meta["cache"] = {"key": key, "hit": hit is not None}
     if hit is None:
         log.info("cache miss (key %s): running", key[:12])

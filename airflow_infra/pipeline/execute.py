@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from airflow_infra.artifacts import HANDLE_FILE, OUTCOME_FILE
-from airflow_infra.errors import InfraTaskFailed
+from airflow_infra.errors import InfraStoreError, InfraTaskFailed
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
 
 
@@ -58,7 +58,10 @@ class Execution:
     @property
     def outcome_folder(self):
         """Where the outcome is: the call's folder, or the one of the call a runner reattached to."""
-        return self.call.store.path(self.handle.folder)
+        folder = self.handle.folder
+        if folder.rpartition("/")[0] != self.call.folder_uri.rpartition("/")[0]:  # a stored handle is not trusted
+            raise InfraStoreError(f"{self.call.where}: the stored handle names {folder!r}, which is not a folder of this task")
+        return self.call.store.path(folder)
 
     def _settle(self, step: Callable[[], Deferral | None]) -> Deferral | None:
         call, handle = self.call, self.handle

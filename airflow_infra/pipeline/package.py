@@ -11,6 +11,7 @@ from logging import Logger
 from typing import TYPE_CHECKING, Any
 
 from airflow_infra.artifacts import CALL_FILE, CALL_META_FILE, ArtifactStore, find_refs
+from airflow_infra.errors import InfraStoreError, where
 from airflow_infra.pipeline.plan import CallPlan
 from airflow_infra.spec import Environment, Resources
 from airflow_infra.targets.contract import Call
@@ -73,6 +74,11 @@ def package_call(
 
     folder = store.task_dir(plan.dag_id, run_id, plan.task_id, map_index, try_number)
     refs = find_refs([args, kwargs])
+    for ref in refs:  # references arrive through XCom, which any task can write: each must be in the store
+        try:
+            store.path(ref)
+        except InfraStoreError as exc:
+            raise InfraStoreError(f"{where(plan.dag_id, plan.task_id)}: an argument's artifact reference: {exc}") from None
     blob, modules = dumps_call(
         fn, args, kwargs, roots=code_roots(dag_file), multiple_outputs=multiple_outputs, xcom_max_bytes=config.xcom_max_bytes
     )

@@ -73,6 +73,9 @@ def test_builder_none_names_task_tag_and_command(dags, docker_yaml):
 
 def test_docker_target_limits_and_clean_image(dags, docker_yaml):
     docker_yaml()
+    planted = dags.home / "infra" / "artifacts" / "other_dag" / "secret.txt"
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_text("another DAG's result")
     run = dags.test("infra_docker_limits", env={"AIRFLOW_INFRA_TARGET": "docker"})
     assert run.result("shm_size") == 64 * 2**20
     assert "task 'oom': out of memory: the task hit its memory limit of 128Mi" in run.output
@@ -81,6 +84,16 @@ def test_docker_target_limits_and_clean_image(dags, docker_yaml):
     import os
 
     assert who["uid"] == os.getuid()  # outputs are written as the worker's user
+    # The container sees its own call's folder (rw) and its inputs (ro), not the rest of the
+    # store: another DAG's file is neither visible nor writable, and nothing it writes
+    # outside its folder reaches the host.
+    reach = run.result("reach")
+    assert reach["input_bytes"] == 2 << 20 and reach["write_own"] == "allowed"
+    assert reach["root_listing"] == ["infra_docker_limits"], reach
+    assert reach["read_other"] != "allowed" and reach["write_other"] != "allowed"
+    assert reach["overwrite_input"] == "OSError"  # mounted read-only
+    assert (run.artifacts / "other_dag" / "secret.txt").read_text() == "another DAG's result"
+    assert not list(run.artifacts.rglob("planted.txt"))
 
 
 @pytest.mark.parametrize(("dag_id", "conf"), [("recsys_seed", {"lr": 0.2}), ("fanout_example", {"n_shards": 3}), ("params_example", None)])

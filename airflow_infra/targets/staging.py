@@ -21,7 +21,10 @@ class StagedCall:
     out: Path
     refs_file: Path | None
     scratch: Path
-    mounts: tuple[Path, ...]  # what a container must see at the same paths
+    # What a container must see at the same paths, and how: "rw" for the call's own folder
+    # and the scratch folder, "ro" for each input artifact. Never the whole store: a
+    # container may write only its own call's folder.
+    mounts: dict[Path, str]
 
     @property
     def argv(self) -> list[str]:
@@ -34,7 +37,8 @@ class StagedCall:
             store = call.store
             if store.is_local:
                 folder = store.local_path(call.folder)
-                return cls(call, folder / CALL_FILE, folder, None, scratch, (store.local_path(store.root), scratch))
+                inputs = {store.local_path(store.path(uri)): "ro" for uri in call.refs}
+                return cls(call, folder / CALL_FILE, folder, None, scratch, {**inputs, folder: "rw", scratch: "rw"})
             call_file = store.download(call.folder / CALL_FILE, scratch / CALL_FILE)
             local_refs = {
                 uri: str(store.download(store.path(uri), scratch / "refs" / f"{i}.pkl")) for i, uri in enumerate(call.refs)
@@ -43,7 +47,7 @@ class StagedCall:
             refs_file.write_text(json.dumps(local_refs))
             out = scratch / "out"
             out.mkdir()
-            return cls(call, call_file, out, refs_file, scratch, (scratch,))
+            return cls(call, call_file, out, refs_file, scratch, {scratch: "rw"})
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise

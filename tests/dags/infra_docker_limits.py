@@ -32,9 +32,47 @@ def infra_docker_limits():
             "env": sorted(k for k in os.environ if k.startswith(("AIRFLOW", "AWS"))),
         }
 
+    @infra_task
+    def big() -> bytes:
+        return b"x" * (2 << 20)  # over xcom_max_bytes: it stays in the store, XCom carries a reference
+
+    @infra_task
+    def reach(blob: bytes) -> dict:
+        """What the container can do to the store outside its own call's folder."""
+        import os
+        import sys
+
+        folder = os.path.dirname(next(a for a in sys.argv if a.endswith("call.pkl")))
+        root = folder
+        for _ in range(5):  # {root}/{dag}/{run}/{task}/{map_index}/{try}
+            root = os.path.dirname(root)
+        upstream = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(folder))), "big", "-1", "1")
+
+        def attempt(action) -> str:
+            try:
+                action()
+            except OSError as exc:
+                return type(exc).__name__
+            return "allowed"
+
+        def listing() -> list:
+            return sorted(os.listdir(root))
+
+        return {
+            "input_bytes": len(blob),
+            "write_own": attempt(lambda: open(os.path.join(folder, "mine.txt"), "w").close()),
+            "root_listing": listing(),
+            "read_other": attempt(lambda: open(os.path.join(root, "other_dag", "secret.txt")).read()),
+            "write_other": attempt(lambda: open(os.path.join(root, "other_dag", "secret.txt"), "w").write("overwritten")),
+            "write_root": attempt(lambda: open(os.path.join(root, "planted.txt"), "w").close()),
+            "write_upstream": attempt(lambda: open(os.path.join(upstream, "planted.txt"), "w").close()),
+            "overwrite_input": attempt(lambda: open(os.path.join(upstream, "out-0.pkl"), "r+b").close()),
+        }
+
     shm_size()
     oom()
     whoami()
+    reach(big())
 
 
 infra_docker_limits()

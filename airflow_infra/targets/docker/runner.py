@@ -55,8 +55,8 @@ class DockerRunner(Runner):
             detach=True,
             name=f"airflow-infra-{uuid.uuid4().hex[:12]}",
             network_mode="host",
-            # The call's folders at the same paths, written as the worker's own user.
-            volumes={str(p): {"bind": str(p), "mode": "rw"} for p in staged.mounts},
+            # The call's folders and inputs at the same paths, written as the worker's own user.
+            volumes={str(p): {"bind": str(p), "mode": mode} for p, mode in staged.mounts.items()},
             user=f"{os.getuid()}:{os.getgid()}",
             working_dir=str(staged.scratch),
             environment={**call.environment.env, "HOME": str(staged.scratch)},

@@ -118,6 +118,19 @@ class InfraOperator(BaseOperator):
                 "(changing the string invalidates earlier results)"
             )
 
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """BaseOperator.partial, with the declaration checked now, as the decorator's mapped
+        form does: a mapped task is not constructed while the DAG file is parsed."""
+        from airflow.sdk.definitions._internal.contextmanager import DagContext
+
+        dag = kwargs.get("dag") or DagContext.get_current()
+        task_id = kwargs.get("task_id")
+        declared = declaration_from(kwargs, getattr(dag, "dag_id", None), task_id)  # pops the grouped forms
+        validate_declaration(declared, kwargs.get("target", "auto"), dag, task_id)
+        # BaseOperator.partial is a descriptor that refuses instances; its class method bound to this class.
+        return vars(BaseOperator)["partial"].class_method.__get__(cls, cls)(**kwargs, **declared)
+
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         # Upstream results are resolved here: keep artifact references as references (the
         # call loads them where it runs), even under InfraXComBackend.

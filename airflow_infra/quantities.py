@@ -17,7 +17,7 @@ _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
 def _split(value: str) -> tuple[float, str]:
-    match = _QUANTITY.match(value)
+    match = _QUANTITY.match(value) if "\n" not in value and "\r" not in value else None  # `\s` would take them
     if not match:
         raise ValueError(f"{value!r} is not a quantity")
     number = float(match.group(1)) * (10 ** int(match.group(2)) if match.group(2) else 1)
@@ -74,7 +74,7 @@ def parse_seconds(value: str | int | float | timedelta) -> float:
         return _finite_non_negative(value.total_seconds(), value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return _finite_non_negative(float(value), value)
-    if isinstance(value, str):
+    if isinstance(value, str) and "\n" not in value and "\r" not in value:
         text = value.strip()
         try:
             return _finite_non_negative(float(text), value)

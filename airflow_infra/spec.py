@@ -15,10 +15,10 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from airflow_infra.errors import InfraSpecError, where
-from airflow_infra.quantities import parse_bytes, parse_cpu, parse_seconds
+from airflow_infra.quantities import format_bytes, format_cpu, parse_bytes, parse_cpu, parse_seconds
 
 WORKER_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -55,10 +55,16 @@ def _canonical_name(name: str) -> str:
     return _NAME_SEPARATORS.sub("-", name).lower()
 
 
-@functools.lru_cache(maxsize=4096)  # DAGs repeat the same pins across many tasks
 def canonical_requirement(text: str) -> str:
     """One spelling per PEP 508 requirement: 'NumPy <2' and 'numpy<2' both give 'numpy<2'."""
-    simple = _SIMPLE_REQUIREMENT.match(text) if isinstance(text, str) else None
+    if type(text) is not str or "\n" in text or "\r" in text or "\0" in text:  # checked before the cache, which cannot hash a list
+        raise ValueError(f"{text!r} is not a PEP 508 requirement such as 'pandas==2.2.*' or 'numpy<2' (a string)")
+    return _canonical_requirement(text)
+
+
+@functools.lru_cache(maxsize=4096)  # DAGs repeat the same pins across many tasks
+def _canonical_requirement(text: str) -> str:
+    simple = _SIMPLE_REQUIREMENT.match(text)
     if simple:
         name, extras, specs = simple.groups()
         specifiers = _SPECIFIER.findall(specs) if specs else []  # found once, for both uses below
@@ -99,6 +105,12 @@ def _canonical_requirement_full(text: str) -> str:
     if req.extras:
         out += "[" + ",".join(sorted(canonicalize_name(e) for e in req.extras)) + "]"
     if req.url:
+        if "@" in req.url.partition("://")[2].partition("/")[0]:  # user:token@host
+            raise ValueError(
+                f"{_without_credentials(text)!r} has credentials in its URL, which would be stored with the "
+                "image and the call's record: give the index's credentials to the workers' pip/uv configuration "
+                "(or a netrc file) instead"
+            )
         out += f" @ {req.url}"
     else:
         out += str(req.specifier)  # SpecifierSet renders its clauses sorted
@@ -112,7 +124,14 @@ def _as_list(value: Any) -> list:
         return []
     if isinstance(value, str):
         return [value]
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise ValueError(f"expected a list of strings, got {type(value).__name__}")
     return list(value)
+
+
+def _without_credentials(text: str) -> str:
+    """`text` with the user:password of every URL in it replaced by '***'."""
+    return re.sub(r"(://)[^/@\s]*@", r"\1***@", text)
 
 
 def _hash(data: Mapping[str, Any]) -> str:
@@ -158,8 +177,8 @@ class Environment(BaseModel):
     def _python(cls, value: Any) -> str | None:
         if value is None:
             return None
-        match = _PYTHON.match(str(value))
-        if not match:
+        match = _PYTHON.match(value) if isinstance(value, str) else None
+        if not match:  # a number is refused too: 3.10 would be 3.1
             raise ValueError(f"{value!r} is not a Python version such as '3.11'")
         return f"3.{match.group(1)}"
 
@@ -181,8 +200,8 @@ class Environment(BaseModel):
         for key, val in value.items():
             if not isinstance(key, str) or not _ENV_NAME.match(key):
                 raise ValueError(f"{key!r} is not an environment variable name (letters, digits, '_')")
-            if isinstance(val, (dict, list, tuple, set)) or val is None or "\0" in str(val):
-                raise ValueError(f"the value of {key} must be a plain string, got {val!r}")
+            if type(val) not in (str, int, float, bool) or "\0" in str(val):
+                raise ValueError(f"the value of {key} must be a string (or a number or bool), got {type(val).__name__}")
             out[key] = str(val)
         return out
 
@@ -211,18 +230,32 @@ def _cores(value: Any) -> float:
     return parse_cpu(value) / 1000
 
 
-def _positive_seconds(value: Any) -> float:
-    seconds = parse_seconds(value)
-    if seconds <= 0:
-        raise ValueError(f"a timeout must be positive, got {value!r}")
-    return seconds
+def _bounded(parse: Any, low: float, high: float, show: Any) -> Any:
+    """`parse`, refusing what lies outside [low, high]: beyond those a value is a typo or an
+    attack (a 1-byte memory limit; memory=0, which Docker reads as no limit; 10**30 cores)."""
+
+    def check(value: Any) -> Any:
+        try:
+            number = parse(value)
+        except OverflowError:
+            raise ValueError(f"{value!r} is too large: use at most {show(high)}") from None
+        if not low <= number <= high:
+            raise ValueError(f"{value!r} is out of range: use from {show(low)} to {show(high)}")
+        return number
+
+    return check
 
 
+GPU_MAX = 64
 # What Resources' validators do to a declared (non-None) quantity: each returns a value of
 # the field's type, or raises. Parse time checks a new value with the function alone,
-# which is what the model would run on it (pipeline.declaration).
+# which is what the model runs on it (pipeline.declaration).
 QUANTITY_PARSERS: dict[str, Any] = {
-    "cpu": _cores, "memory": parse_bytes, "disk": parse_bytes, "shm": parse_bytes, "timeout": _positive_seconds,
+    "cpu": _bounded(_cores, 0.001, 1024, lambda cores: format_cpu(round(cores * 1000))),
+    "memory": _bounded(parse_bytes, 6 * 2**20, 2**50, format_bytes),  # Docker refuses less than 6 MiB
+    "disk": _bounded(parse_bytes, 2**20, 2**50, format_bytes),
+    "shm": _bounded(parse_bytes, 2**20, 2**50, format_bytes),
+    "timeout": _bounded(parse_seconds, 1, 366 * 86400, lambda seconds: f"{seconds:g}s"),
 }
 
 
@@ -239,27 +272,33 @@ class Resources(BaseModel):
     shm: int | None = None
     timeout: float | None = None
 
-    @field_validator("cpu", mode="before")
+    @field_validator("cpu", "memory", "disk", "shm", "timeout", mode="before")
     @classmethod
-    def _cpu(cls, value: Any) -> float | None:
-        return None if value is None else _cores(value)
+    def _quantity(cls, value: Any, info: ValidationInfo) -> Any:
+        return None if value is None else QUANTITY_PARSERS[info.field_name](value)
 
-    @field_validator("memory", "disk", "shm", mode="before")
-    @classmethod
-    def _size(cls, value: Any) -> int | None:
-        return None if value is None else parse_bytes(value)
+    @model_validator(mode="after")
+    def _shm_within_memory(self) -> Resources:
+        if self.shm is not None and self.memory is not None and self.shm > self.memory:
+            raise ValueError(
+                f"shm={format_bytes(self.shm)} is more than memory={format_bytes(self.memory)}: "
+                "shared memory counts against the memory limit"
+            )
+        return self
 
     @field_validator("gpu", mode="before")
     @classmethod
     def _gpu(cls, value: Any) -> int:
         if value is None:
             return 0
-        try:
-            count = int(str(value).strip()) if not isinstance(value, int) or isinstance(value, bool) else value
-        except ValueError:
+        if isinstance(value, str) and re.match(r"[0-9]{1,3}\Z", value.strip(" ")):
+            count = int(value)
+        elif type(value) is int:
+            count = value
+        else:
             count = -1
-        if isinstance(value, bool) or count < 0:
-            raise ValueError(f"expected a whole number of GPUs (0, 1, 2, ...), got {value!r}")
+        if isinstance(value, bool) or not 0 <= count <= GPU_MAX:
+            raise ValueError(f"expected a whole number of GPUs (0, 1, 2, ... up to {GPU_MAX}), got {value!r}")
         return count
 
     @field_validator("gpu_type")
@@ -269,10 +308,6 @@ class Resources(BaseModel):
             raise ValueError(f"{value!r} is not a GPU type name such as 'a100' or 'nvidia-l4'")
         return value
 
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _timeout(cls, value: Any) -> float | None:
-        return None if value is None else _positive_seconds(value)
 
     def content_hash(self) -> str:
         return _hash(self.model_dump(mode="json"))
@@ -290,12 +325,17 @@ def spec_error(dag_id: str | None, task_id: str | None, error: ValidationError, 
     """Turn pydantic's report into one message naming the DAG, the task and each bad field."""
     lines = []
     for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else "?"
         message = item["msg"].removeprefix("Value error, ")
+        if not item["loc"]:  # a check of several fields together names them itself
+            lines.append(message)
+            continue
+        field = str(item["loc"][0])
         if item["type"] == "extra_forbidden":
             message = "unknown field"
-        shown = repr(values.get(field, item.get("input")))
-        lines.append(f"{field}={shown}: {message}")
+        shown = values.get(field, item.get("input"))
+        if field == "env" and isinstance(shown, Mapping):  # values may be credentials: names only
+            shown = {key: "..." for key in shown}
+        lines.append(f"{field}={_without_credentials(repr(shown))}: {message}")
     return InfraSpecError(f"{where(dag_id, task_id)}: invalid declaration: " + "; ".join(lines))
 
 
@@ -313,7 +353,8 @@ def build_models(
         for k in RESOURCE_FIELDS
         if values.get(k) is not None and not (skip_templated and is_templated(values[k]))
     }
-    if skip_templated and any(is_templated(v) for v in env_values.get("env", {}).values()):
+    env = env_values.get("env")
+    if skip_templated and isinstance(env, Mapping) and any(is_templated(v) for v in env.values()):
         env_values["env"] = {k: ("" if is_templated(v) else v) for k, v in env_values["env"].items()}
     try:
         return Environment(**env_values), Resources(**res_values)

@@ -54,15 +54,15 @@ def test_requirements_are_canonical():
      "pkg @ https://example.invalid/pkg-1.0.tar.gz", "pkg>=1; python_version >= '3.11'"],
 )
 def test_fast_canonical_form_equals_packagings(text):
-    from airflow_infra.spec import _canonical_requirement_full
+    from airflow_infra.spec import _canonical_requirement, _canonical_requirement_full
 
     try:
         expected = _canonical_requirement_full(text)
     except ValueError:
         with pytest.raises(ValueError):
-            canonical_requirement.__wrapped__(text)
+            _canonical_requirement.__wrapped__(text)
     else:
-        assert canonical_requirement.__wrapped__(text) == expected
+        assert _canonical_requirement.__wrapped__(text) == expected
 
 
 @pytest.mark.parametrize("bad", ["numpy<<2", "pkg==banana", "-e git+https://x", "--index-url http://x", "", "pandas; rm -rf /"])

@@ -32,6 +32,11 @@ def declaration_from(kwargs: dict[str, Any], dag_id: str | None, task_id: str | 
     """Pop the declared fields (and the grouped Environment/Resources forms) out of operator kwargs."""
     declared = {name: kwargs.pop(name) for name in DECLARED_FIELDS if name in kwargs}
     grouped = {}
+    if kwargs.get("environment") is not None and not isinstance(kwargs["environment"], Environment):
+        raise InfraSpecError(
+            f"{where(dag_id, task_id)}: environment={type(kwargs['environment']).__name__}: give "
+            "Environment(...) from airflow_infra, or the fields themselves as keywords (packages=..., env=...)"
+        )
     if isinstance(kwargs.get("environment"), Environment):
         grouped.update(flatten(kwargs.pop("environment"), None))
     if isinstance(kwargs.get("resources"), Resources):  # BaseOperator's own `resources` stays untouched
@@ -50,10 +55,13 @@ def validate_declaration(declared: Mapping[str, Any], target: str, dag: Any, tas
     # Checked value by value, each distinct value once per process: a DAG's tasks share most
     # of their values even when each declares something of its own (a memory, one package),
     # and checking a whole declaration again for one new value was most of what a task
-    # declared differently cost at parse time. Equivalent to checking the whole declaration,
-    # because no check looks at two fields together; anything the fast path does not accept
-    # (and so every error, reported in full, every field at once) goes through
-    # _check_declaration as before.
+    # declared differently cost at parse time. Equivalent to checking the whole declaration:
+    # the one check of two fields together (shm within memory) sends a declaration with both
+    # to _check_declaration, as does anything the fast path does not accept (and so every
+    # error, reported in full, every field at once).
+    if declared.get("shm") is not None and declared.get("memory") is not None:
+        _check_declaration(declared, target, dag, task_id)
+        return
     fileloc = getattr(dag, "fileloc", None)
     if target != "auto" and not (type(target) is str and target in _VALID_TARGETS):
         _check_declaration(declared, target, dag, task_id)  # raises if the target (or anything) is wrong

@@ -95,7 +95,10 @@ def package_call(
         "code_fingerprint": code_fingerprint(fn, modules),
         "target": plan.route.target,
         "routing_reason": plan.route.reason,
-        "environment": plan.environment.model_dump(mode="json"),
+        # The variables' names only: values may be credentials, and call.json is read by
+        # the plugin, the client and anyone with read access to the store.
+        "environment": plan.environment.model_dump(mode="json", exclude={"env"}),
+        "env_names": sorted(plan.environment.env),
         "environment_hash": plan.environment_hash,
         "resources": plan.resources.model_dump(mode="json"),
         "refs": refs,  # the artifacts the arguments name, for a later attempt that reopens the call

@@ -79,7 +79,7 @@ def main() -> None:
         # Airflow parses each file in a fresh process: start every parse with cold memos.
         declaration._VALID_DECLARATIONS.clear()
         declaration._VALID_TARGETS.clear()
-        spec.canonical_requirement.cache_clear()
+        spec._canonical_requirement.cache_clear()
         t0 = time.perf_counter()
         bag = DagBag(dag_folder=str(files[name]))
         elapsed = time.perf_counter() - t0

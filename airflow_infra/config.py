@@ -7,6 +7,7 @@ only (never while a DAG is parsed) and cached per process by the file's mtime.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ from airflow_infra.spec import IMAGE_REF, TARGET_NAME
 from airflow_infra.targets.contract import TargetConfig
 from airflow_infra.targets.local import LocalTarget
 
+# Stores the provider reads and writes through Airflow's ObjectStoragePath: a folder on the
+# workers, S3 (whose client the images get too), GCS and Azure for the targets that run on
+# the worker, and fsspec's in-process memory store (one `airflow dags test`: for tests). An
+# Airflow connection goes in the URL as s3://CONN_ID@bucket/path.
+ARTIFACT_SCHEMES = ("file", "s3", "gs", "abfs", "memory")
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*\Z")
 
 
@@ -29,12 +35,18 @@ def check_registry(value: str | None) -> str | None:
 
 
 def check_template(value: str | None, *names: str) -> str | None:
-    """A URL template may use only the named placeholders (checked when infra.yaml loads)."""
+    """A URL template may use only the named placeholders, as plain {name}: no attribute,
+    index, conversion or format spec (checked when infra.yaml loads)."""
     if value is not None:
+        import string
+
         try:
-            value.format(**dict.fromkeys(names, "x"))
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"{value!r}: placeholders must be among {{{'}, {'.join(names)}}} ({exc})") from None
+            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(value) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"{value!r}: {exc}") from None
+        for field, spec, conversion in fields:
+            if field not in names or spec or conversion:
+                raise ValueError(f"{value!r}: placeholders must be among {{{'}, {'.join(names)}}}, as written, got {{{field}}}")
     return value
 
 
@@ -89,6 +101,37 @@ class InfraConfig(BaseModel):
     @classmethod
     def _registry(cls, value: str | None) -> str | None:
         return check_registry(value)
+
+    @field_validator("builder")
+    @classmethod
+    def _builder(cls, value: str) -> str:
+        from airflow_infra.images.builders import builder_names
+
+        if value not in builder_names():
+            raise ValueError(f"{value!r} is not a builder; use one of {sorted(builder_names())} (or install its plug-in)")
+        return value
+
+    @field_validator("ca_certificates")
+    @classmethod
+    def _ca_files(cls, value: list[str]) -> list[str]:
+        for file in value:
+            if not Path(file).is_absolute() or not Path(file).is_file():
+                raise ValueError(f"{file!r} is not an absolute path to a CA certificate file on this machine")
+        return value
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifacts(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, sep, rest = value.partition("://")
+        if sep and "@" in rest.partition("/")[0] and ":" in rest.partition("/")[0].rpartition("@")[0]:
+            raise ValueError("has a password in its URL: put the credentials in an Airflow connection and write s3://CONN_ID@bucket/path")
+        if not (sep and scheme in ARTIFACT_SCHEMES and rest.strip("/") and "\n" not in value and "\0" not in value):
+            raise ValueError(f"{value!r} is not a URL of a supported store: {', '.join(s + '://...' for s in ARTIFACT_SCHEMES)}")
+        if scheme == "file" and not rest.startswith("/"):
+            raise ValueError(f"{value!r}: a file:// store needs an absolute path (file:///srv/artifacts)")
+        return value
 
     @field_validator("image_url")
     @classmethod
@@ -147,40 +190,98 @@ def validation_problems(exc: ValidationError) -> str:
 
 
 def config_path() -> Path:
-    """`[infra] config_file`, else `$AIRFLOW_HOME/infra.yaml`."""
+    """`[infra] config_file` (a relative one is relative to AIRFLOW_HOME), else `$AIRFLOW_HOME/infra.yaml`."""
     from airflow.configuration import AIRFLOW_HOME, conf
 
     configured = conf.get("infra", "config_file", fallback="")
-    return Path(configured) if configured else Path(AIRFLOW_HOME) / "infra.yaml"
+    return Path(AIRFLOW_HOME, configured) if configured else Path(AIRFLOW_HOME) / "infra.yaml"
 
 
-_cache: dict[Path, tuple[float | None, InfraConfig]] = {}
+def _is_configured() -> bool:
+    from airflow.configuration import conf
+
+    return bool(conf.get("infra", "config_file", fallback=""))
+
+
+# path -> (the file's bytes, or None for no file, and the configuration made of them)
+_cache: dict[Path, tuple[bytes | None, InfraConfig]] = {}
 
 
 def load_config(path: Path | None = None) -> InfraConfig:
+    """The configuration in `path` (default: config_path()), read again on every call and
+    parsed again whenever its bytes change (any rewrite, whatever its mtime).
+
+    No file at the default path means the built-in defaults (every task local); a file
+    named by `[infra] config_file` must exist, and a file this process has loaded may not
+    vanish: either is an error, never a silent fall-back to the defaults.
+    """
+    required = path is None and _is_configured()
     path = path or config_path()
-    try:
-        mtime: float | None = path.stat().st_mtime
-    except FileNotFoundError:
-        mtime = None  # no file: the default configuration, also made once per process
+    data = _read(path, required=required or (path in _cache and _cache[path][0] is not None))
     cached = _cache.get(path)
-    if mtime is None:
-        if cached is None or cached[0] is not None:
-            cached = _cache[path] = (None, InfraConfig())
+    if cached is not None and cached[0] == data:
         return cached[1]
-    if cached and cached[0] == mtime:
-        return cached[1]
+    config = InfraConfig() if data is None else _parse(path, data)
+    _cache[path] = (data, config)
+    return config
+
+
+def _read(path: Path, *, required: bool) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise InfraConfigError(f"{path}: a symbolic link to {os.readlink(path)!r}, which does not exist") from None
+        if required:
+            raise InfraConfigError(
+                f"{path}: no such file (it is named by [infra] config_file, or was loaded before and has been "
+                "deleted); restore it, or unset config_file to run every task on the local target"
+            ) from None
+        return None
+    except IsADirectoryError:
+        raise InfraConfigError(f"{path}: a directory, not a YAML file") from None
+    except OSError as exc:
+        raise InfraConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+def _parse(path: Path, data: bytes) -> InfraConfig:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-        config = InfraConfig.model_validate(data)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InfraConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        content = yaml.load(text, Loader=_strict_loader()) or {}  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise InfraConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(content, dict):
+        raise InfraConfigError(f"{path}: the top level must be a mapping of settings, got {type(content).__name__}")
+    try:
+        return InfraConfig.model_validate(content)
     except ValidationError as exc:
         raise InfraConfigError(f"{path}: {validation_problems(exc)}") from None
-    _cache[path] = (mtime, config)
-    return config
+
+
+@functools.cache
+def _strict_loader() -> type:
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        """SafeLoader that refuses a key given twice in one mapping (YAML keeps the last, silently)."""
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is given twice", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
 
 
 def artifacts_url(config: InfraConfig) -> str:

@@ -63,6 +63,10 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
     return tokens
 
 
+MAX_RULE_LENGTH = 500
+MAX_RULE_NESTING = 8
+
+
 class _Parser:
     def __init__(self, text: str):
         self.tokens = _tokenize(text)
@@ -157,6 +161,16 @@ class Condition:
 
     @classmethod
     def compile(cls, text: str) -> Condition:
+        # Bounded before parsing: the parser recurses once per parenthesis, and a rule is
+        # evaluated for every task routed.
+        if len(text) > MAX_RULE_LENGTH:
+            raise RuleSyntaxError(f"longer than {MAX_RULE_LENGTH} characters: split it into several rules")
+        depth = deepest = 0
+        for char in text:
+            depth += (char == "(") - (char == ")")
+            deepest = max(deepest, depth)
+        if deepest > MAX_RULE_NESTING:
+            raise RuleSyntaxError(f"parentheses nested {deepest} deep; at most {MAX_RULE_NESTING}")
         return cls(text=text, tree=_Parser(text).parse())
 
     def matches(self, resources: Resources) -> bool:

@@ -124,6 +124,11 @@ def infra_yaml():
 
     yield write
     path.unlink(missing_ok=True)
+    # A file this process loaded and that then vanished is an error (config.load_config):
+    # the next test starts as a process that never saw it.
+    from airflow_infra import config
+
+    config._cache.pop(path, None)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from airflow_infra.config import InfraConfig, load_config
@@ -70,3 +72,93 @@ def test_reload_on_change(tmp_path):
 
 def test_defaults():
     assert InfraConfig().builder == "docker"
+
+
+HOSTILE_YAML = [
+    ("targets: {a: {kind: docker}}\ntargets: {b: {kind: docker}}\n", "the key 'targets' is given twice"),
+    ("targets:\n  a: {kind: docker}\n  a: {kind: local}\n", "the key 'a' is given twice"),
+    ("builder: dockr\n", "builder: 'dockr' is not a builder"),
+    ("builder: [docker]\n", "builder"),
+    ("ca_certificates: [/no/such/ca.pem]\n", "ca_certificates"),
+    ("ca_certificates: [relative.pem]\n", "ca_certificates"),
+    ("artifacts: /srv/artifacts\n", "artifacts: '/srv/artifacts' is not a URL of a supported store"),
+    ("artifacts: ftp://host/x\n", "not a URL of a supported store"),
+    ("artifacts: 's3://'\n", "not a URL of a supported store"),
+    ("artifacts: file://relative/path\n", "absolute path"),
+    ("artifacts: s3://AKIAEXAMPLE:hunter2@bucket/x\n", "password in its URL"),
+    ("image_url: 'https://r/{reference.__class__}'\n", "placeholders must be among"),
+    ("image_url: 'https://r/{secret}'\n", "placeholders must be among"),
+    ("image_url: 'https://r/{tag!r}'\n", "placeholders must be among"),
+    ("image_url: 'https://r/{tag:>99999}'\n", "placeholders must be among"),
+    ("image_url: 'https://r/{'\n", "image_url"),
+    ("targets: {k8s: {kind: kubernetes, dashboard_url: 'https://d/{pod}'}}\n", "placeholders must be among"),
+    ("rules: [{when: '" + "(" * 200 + "gpu > 0" + ")" * 200 + "', target: local}]\n", "rules"),
+    ("rules: [{when: '" + " and ".join(["gpu > 0"] * 400) + "', target: local}]\n", "rules"),
+    ("- a\n- b\n", "the top level must be a mapping"),
+    ("just a string\n", "the top level must be a mapping"),
+    ("xcom_max_bytes: -1\n", "xcom_max_bytes"),
+    ("registry: 'evil\nhost'\n", "registry"),
+    ("registry: 'host/UPPER'\n", "registry"),
+    ("base_image: 'img\n'\n", "base_image"),
+    ("targets: {'Bad Name': {kind: docker}}\n", "target name"),
+    ("targets: {a: docker}\n", "give the target's kind"),
+    ("rules: [{target: nowhere}]\n", "nowhere"),
+    ("rules: [{when: 'memory > lots', target: local}]\n", "rules"),
+    ("rules: [{when: '__import__(\"os\")', target: local}]\n", "rules"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), HOSTILE_YAML, ids=[t[:30] for t, _ in HOSTILE_YAML])
+def test_hostile_config_is_refused_naming_the_file_and_field(tmp_path, text, message):
+    path = tmp_path / "infra.yaml"
+    path.write_text(text)
+    with pytest.raises(InfraConfigError) as info:
+        load_config(path)
+    assert message in str(info.value) and str(path) in str(info.value), str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+def test_unreadable_broken_or_odd_files_are_errors_not_defaults(tmp_path):
+    import os
+
+    folder = tmp_path / "dir.yaml"
+    folder.mkdir()
+    dangling = tmp_path / "dangling.yaml"
+    dangling.symlink_to(tmp_path / "gone.yaml")
+    binary = tmp_path / "latin1.yaml"
+    binary.write_bytes("builder: d\xf6cker\n".encode("latin-1"))
+    for path, message in ((folder, "a directory"), (dangling, "symbolic link"), (binary, "not UTF-8")):
+        with pytest.raises(InfraConfigError, match=message):
+            load_config(path)
+    if os.getuid() != 0:  # root reads anything
+        locked = tmp_path / "locked.yaml"
+        locked.write_text("builder: docker\n")
+        locked.chmod(0)
+        with pytest.raises(InfraConfigError, match="cannot be read"):
+            load_config(locked)
+
+
+def test_any_rewrite_is_seen_and_a_deleted_file_is_an_error(tmp_path):
+    import os
+
+    path = tmp_path / "infra.yaml"
+    path.write_text("xcom_max_bytes: 10\n")
+    os.utime(path, (5, 5))
+    assert load_config(path).xcom_max_bytes == 10
+    path.write_text("xcom_max_bytes: 20\n")
+    os.utime(path, (5, 5))  # the same mtime: still a new content
+    assert load_config(path).xcom_max_bytes == 20
+    path.unlink()
+    with pytest.raises(InfraConfigError, match="no such file"):
+        load_config(path)
+
+
+def test_a_configured_file_must_exist_and_a_relative_one_is_under_airflow_home(tmp_path, monkeypatch):
+    from airflow.configuration import AIRFLOW_HOME
+
+    from airflow_infra.config import config_path
+
+    monkeypatch.setenv("AIRFLOW__INFRA__CONFIG_FILE", "conf/infra-does-not-exist.yaml")
+    assert config_path() == Path(AIRFLOW_HOME) / "conf" / "infra-does-not-exist.yaml"
+    with pytest.raises(InfraConfigError, match="named by \\[infra\\] config_file"):
+        load_config()

@@ -90,6 +90,13 @@ class NoBuilder:
 BUILDERS: dict[str, type] = {"docker": DockerBuilder, "none": NoBuilder}
 
 
+def builder_names() -> set[str]:
+    """The built-in builders' names and those of installed plug-ins."""
+    from importlib.metadata import entry_points
+
+    return {*BUILDERS, *(entry.name for entry in entry_points(group="airflow_infra.builders"))}
+
+
 def get_builder(name: str) -> Builder:
     if name in BUILDERS:
         return BUILDERS[name]()

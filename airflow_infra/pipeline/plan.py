@@ -120,18 +120,38 @@ def _declared(task: Any) -> tuple[dict[str, Any], str, bool] | None:
     return None
 
 
-def plan_dag(dag: Any, config: InfraConfig) -> list[TaskPlan]:
-    plans = []
+@dataclass(frozen=True)
+class TaskDeclaration:
+    """What a parsed DAG says of one infra task: all planning needs, and nothing of the DAG's code."""
+
+    task_id: str
+    declared: dict[str, Any]
+    target: str
+    mapped: bool
+
+
+def declarations(dag: Any) -> list[TaskDeclaration]:
+    """The DAG's infra tasks' declarations, in task order."""
+    found = []
     for task in dag.tasks:
-        found = _declared(task)
-        if found is None:
-            continue
-        declared, target, mapped = found
-        templates = {k: v for k, v in sorted(declared.items()) if is_templated(v)}
-        plan = TaskPlan(dag.dag_id, task.task_id, mapped, templates)
+        declared = _declared(task)
+        if declared is not None:
+            found.append(TaskDeclaration(task.task_id, *declared))
+    return found
+
+
+def plan_dag(dag: Any, config: InfraConfig) -> list[TaskPlan]:
+    return plan_declarations(dag.dag_id, dag.fileloc, declarations(dag), config)
+
+
+def plan_declarations(dag_id: str, dag_file: str | None, tasks: list[TaskDeclaration], config: InfraConfig) -> list[TaskPlan]:
+    plans = []
+    for task in tasks:
+        templates = {k: v for k, v in sorted(task.declared.items()) if is_templated(v)}
+        plan = TaskPlan(dag_id, task.task_id, task.mapped, templates)
         try:
             plan.call = plan_call(
-                declared, target, config, dag_id=dag.dag_id, task_id=task.task_id, dag_file=dag.fileloc, skip_templated=True
+                task.declared, task.target, config, dag_id=dag_id, task_id=task.task_id, dag_file=dag_file, skip_templated=True
             )
             plan.reference = plan.call.image_reference(config)
         except (InfraError, OSError) as exc:

@@ -28,8 +28,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 1
     for run in runs:
         calls = [task[i] for task in run.tasks.values() for i in task.map_indexes]
-        failed = sum(1 for c in calls if c.outcome is not None and not c.ok)
-        print(f"{run.submitted_at}  {run.run_id}  {len(calls)} calls, {failed} failed")
+        failed = sum(1 for c in calls if c.status.startswith(("failed", "broken")))
+        broken = f", {len(run.problems)} broken folders" if run.problems else ""
+        print(f"{run.submitted_at or '?'}  {run.run_id}  {len(calls)} calls, {failed} failed{broken}")
     return 0
 
 
@@ -52,6 +53,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             )
             for hint in advice(req, met):
                 print(f"      hint: {hint}")
+    for problem in run.problems:
+        print(f"  broken: {problem}")
     return 0
 
 

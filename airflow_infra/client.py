@@ -10,11 +10,17 @@
 
 Results are unpickled in the calling process, so it needs the packages the values are
 made of (a pandas DataFrame needs pandas).
+
+Any task can write the store, and a worker can die mid-write: a folder that is not what
+this provider writes (a stray file, an empty or half-made folder, a call.json that is not
+one) is skipped where runs and tasks are listed and named in `Run.problems`; reading such a
+call raises InfraStoreError saying what is wrong. One broken folder never hides the others.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 from functools import cached_property
 from typing import Any
 
@@ -26,6 +32,32 @@ from airflow_infra.artifacts import (
     attempt_order,
     path_component,
 )
+from airflow_infra.errors import InfraStoreError
+
+# What every call.json holds (pipeline.package.package_call writes it).
+_META_KEYS = ("dag_id", "task_id", "run_id", "map_index", "try_number", "target", "resources", "environment", "submitted_at")
+
+
+def _folders(path: Any) -> list[Any]:
+    """The sub-folders of `path`, by name; stray files and hidden temporaries are not folders of ours."""
+    try:
+        return sorted((p for p in path.iterdir() if not p.name.startswith(".") and p.is_dir()), key=lambda p: p.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _read_object(store: ArtifactStore, path: Any) -> dict[str, Any]:
+    try:
+        value = store.read_json(path)
+    except (OSError, ValueError) as exc:
+        raise InfraStoreError(f"{store.uri(path)}: cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(value, dict):
+        raise InfraStoreError(f"{store.uri(path)}: not a JSON object")
+    return value
+
+
+_MAP_INDEX = re.compile(r"-1|[0-9]{1,9}\Z")
+_ATTEMPT = re.compile(r"[0-9]{1,9}(-[0-9]{1,9})?\Z")
 
 
 class Call:
@@ -37,25 +69,37 @@ class Call:
 
     @cached_property
     def meta(self) -> dict[str, Any]:
-        return self.store.read_json(self.path / CALL_META_FILE)
+        meta = _read_object(self.store, self.path / CALL_META_FILE)
+        missing = [key for key in _META_KEYS if key not in meta]
+        if missing:
+            raise InfraStoreError(f"{self.store.uri(self.path / CALL_META_FILE)}: not a call's record (no {', '.join(missing)})")
+        return meta
 
     @cached_property
     def outcome(self) -> dict[str, Any] | None:
         """None while the call has not finished (or never did)."""
         path = self.path / OUTCOME_FILE
-        return self.store.read_json(path) if self.store.exists(path) else None
+        return _read_object(self.store, path) if self.store.exists(path) else None
 
     @property
     def try_number(self) -> int:
         return int(self.meta["try_number"])
 
+    def _finished(self) -> dict[str, Any]:
+        """The outcome, or {} while there is none or it cannot be read (`status` says which)."""
+        try:
+            return self.outcome or {}
+        except InfraStoreError:
+            return {}
+
     @property
     def ok(self) -> bool:
-        return bool(self.outcome and self.outcome.get("ok"))
+        return self._finished().get("ok") is True
 
     @property
     def error(self) -> dict[str, Any] | None:
-        return None if self.outcome is None else self.outcome.get("error")
+        error = self._finished().get("error")
+        return error if isinstance(error, dict) else None
 
     @property
     def target(self) -> str:
@@ -71,20 +115,27 @@ class Call:
 
     @property
     def metrics(self) -> dict[str, Any]:
-        return (self.outcome or {}).get("metrics", {})
+        metrics = self._finished().get("metrics")
+        return metrics if isinstance(metrics, dict) else {}
 
     @property
     def cache_hit(self) -> dict[str, Any] | None:
-        return (self.outcome or {}).get("cache_hit")
+        hit = self._finished().get("cache_hit")
+        return hit if isinstance(hit, dict) else None
 
     @property
     def status(self) -> str:
-        """One line: unfinished, a cache hit, ok, or the failure."""
+        """One line: unfinished, a cache hit, ok, the failure, or what is wrong with the folder."""
+        try:
+            self.outcome  # noqa: B018 - read to find out whether it can be
+        except InfraStoreError as exc:
+            return f"broken: {exc}"
         if self.outcome is None:
             return "running/unfinished"
         if self.cache_hit:
-            return f"cache hit (from {self.cache_hit['run_id']})"
-        return "ok" if self.ok else f"failed: {self.error.get('type')}: {self.error.get('message')}"
+            return f"cache hit (from {self.cache_hit.get('run_id')})"
+        error = self.error or {}
+        return "ok" if self.ok else f"failed: {error.get('type')}: {error.get('message')}"
 
     @property
     def outputs(self) -> dict[str, Any]:
@@ -110,11 +161,12 @@ class Task:
 
     @property
     def map_indexes(self) -> list[int]:
-        return sorted(int(p.name) for p in self.path.iterdir())
+        return sorted(int(p.name) for p in _folders(self.path) if _MAP_INDEX.match(p.name))
 
     def tries(self, map_index: int = -1) -> list[Call]:
-        base = self.path / str(map_index)
-        return [Call(self.store, p) for p in sorted(base.iterdir(), key=lambda p: attempt_order(p.name))]
+        """The folders of this map index that hold a call.json, oldest try first."""
+        found = [p for p in _folders(self.path / str(map_index)) if _ATTEMPT.match(p.name)]
+        return [Call(self.store, p) for p in sorted(found, key=lambda p: attempt_order(p.name)) if self.store.exists(p / CALL_META_FILE)]
 
     def __getitem__(self, map_index: int) -> Call:
         tries = self.tries(map_index)
@@ -143,36 +195,54 @@ class Run:
         self.store, self.path, self.dag_id = store, path, dag_id
 
     @cached_property
-    def _first_call(self) -> Call:
-        for task_dir in self.path.iterdir():
-            for index_dir in task_dir.iterdir():
-                for try_dir in index_dir.iterdir():
-                    if self.store.exists(try_dir / CALL_META_FILE):
-                        return Call(self.store, try_dir)
-        raise LookupError(f"run folder {self.path} holds no call")
+    def _scan(self) -> tuple[list[Call], list[str]]:
+        """Every readable call of the run (latest try per map index), and what is wrong with the rest."""
+        calls, problems = [], []
+        for task_dir in _folders(self.path):
+            task = Task(self.store, task_dir, task_dir.name)
+            indexes = task.map_indexes
+            if not indexes:
+                problems.append(f"{self.store.uri(task_dir)}: no call in it")
+            for index in indexes:
+                tries = task.tries(index)
+                if not tries:
+                    problems.append(f"{self.store.uri(task_dir)}/{index}: no call in it")
+                    continue
+                try:
+                    tries[-1].meta  # noqa: B018 - read now, so that a broken record is reported here
+                except InfraStoreError as exc:
+                    problems.append(str(exc))
+                    continue
+                calls.append(tries[-1])
+        return calls, problems
+
+    @property
+    def _calls(self) -> list[Call]:
+        return self._scan[0]
+
+    @property
+    def problems(self) -> list[str]:
+        """What is wrong with folders of this run that are not a readable call (empty if nothing)."""
+        return self._scan[1]
 
     @property
     def run_id(self) -> str:
-        return self._first_call.meta["run_id"]
+        """The run id its calls record, or the folder's name when none can be read."""
+        return self._calls[0].meta["run_id"] if self._calls else self.path.name
 
     @property
-    def submitted_at(self) -> str:
-        return min(
-            Call(self.store, t).meta["submitted_at"]
-            for task in self.path.iterdir()
-            for i in task.iterdir()
-            for t in i.iterdir()
-            if self.store.exists(t / CALL_META_FILE)
-        )
+    def submitted_at(self) -> str | None:
+        """When its first call was packaged; None when no call can be read."""
+        return min((call.meta["submitted_at"] for call in self._calls), default=None)
 
     @property
     def tasks(self) -> dict[str, Task]:
         # Task folders are named by path_component(task_id); the call names the real id.
-        out = {}
-        for task_dir in sorted(self.path.iterdir(), key=lambda p: p.name):
-            task = Task(self.store, task_dir, task_dir.name)
-            task.task_id = task[task.map_indexes[0]].meta["task_id"]
-            out[task.task_id] = task
+        out: dict[str, Task] = {}
+        for call in self._calls:
+            task_id = call.meta["task_id"]
+            if task_id not in out:
+                out[task_id] = Task(self.store, call.path.parent.parent, task_id)
         return out
 
     def __getitem__(self, task_id: str) -> Task:
@@ -193,15 +263,12 @@ class Client:
     def dags(self) -> list[str]:
         if not self.store.exists(self.store.root):
             return []
-        return sorted(p.name for p in self.store.root.iterdir() if p.name != CACHE_DIR)
+        return [p.name for p in _folders(self.store.root) if p.name != CACHE_DIR]
 
     def runs(self, dag_id: str) -> list[Run]:
-        """Every run of the DAG in the store, newest first."""
-        base = self.store.root / path_component(dag_id)
-        if not self.store.exists(base):
-            return []
-        runs = [Run(self.store, p, dag_id) for p in base.iterdir()]
-        return sorted(runs, key=lambda r: r.submitted_at, reverse=True)
+        """Every run of the DAG in the store, newest first; runs with no readable call last."""
+        runs = [Run(self.store, p, dag_id) for p in _folders(self.store.root / path_component(dag_id))]
+        return sorted(runs, key=lambda r: (r.submitted_at is not None, r.submitted_at or ""), reverse=True)
 
     def run(self, dag_id: str, run_id: str) -> Run:
         path = self.store.root / path_component(dag_id) / path_component(run_id)

@@ -136,3 +136,58 @@ def test_a_cache_entry_whose_outputs_lead_out_of_the_store_is_a_miss(store, tmp_
     with caplog.at_level(logging.WARNING):
         assert cache.serve(store, store.root / "d/r2/t/-1/1", {}, key, LOG) is None
     assert "not a location inside the artifact store" in caplog.text
+
+
+def _call(root, dag, run, task, index="-1", attempt="1", *, at="2026-01-01T00:00:00", ok=True):
+    folder = root / dag / run / task / index / attempt
+    folder.mkdir(parents=True)
+    meta = {
+        "dag_id": dag, "task_id": task, "run_id": run, "map_index": int(index), "try_number": int(attempt.split("-")[0]),
+        "target": "local", "resources": {}, "environment": {}, "environment_hash": "h", "submitted_at": at,
+    }
+    (folder / "call.json").write_text(json.dumps(meta))
+    (folder / "out-0.pkl").write_bytes(pickle.dumps(7))
+    outcome = {"ok": ok, "outputs": [{"key": "return_value", "file": "out-0.pkl"}], "metrics": {"wall_seconds": 1}}
+    (folder / "outcome.json").write_text(json.dumps(outcome))
+    return folder
+
+
+def test_broken_or_foreign_folders_affect_only_themselves(tmp_path, capsys):
+    from airflow_infra import cli
+    from airflow_infra.client import Client
+
+    root = tmp_path / "store"
+    _call(root, "d", "good_1", "t", at="2026-01-01T00:00:01")
+    _call(root, "d", "good_2", "t", at="2026-01-01T00:00:02")
+    _call(root, "_cache", "r", "t")  # a DAG named like a store folder of old
+    (root / "d" / "stray.txt").write_text("not a run")  # a stray file among runs
+    (root / "d" / "empty_run").mkdir()  # a worker killed before it wrote anything
+    half = _call(root, "d", "half", "t", at="2026-01-01T00:00:03")
+    (half / "call.json").write_text('{"dag_id": "d", "task_id"')  # cut short
+    (half / "outcome.json").unlink()
+    foreign = _call(root, "d", "good_2", "u", at="2026-01-01T00:00:04")
+    (foreign / "call.json").write_text(json.dumps(["not", "a", "record"]))
+    bad_outcome = _call(root, "d", "good_2", "v", at="2026-01-01T00:00:05")
+    (bad_outcome / "outcome.json").write_text("\xff garbage")
+    (root / "d" / "good_1" / "t" / "not-an-index").mkdir()
+    (root / "d" / "good_1" / "t" / "-1" / "junk").mkdir()
+
+    client = Client(f"file://{root}")
+    assert client.dags() == ["_cache", "d"]
+    runs = {run.run_id: run for run in client.runs("d")}
+    assert set(runs) == {"good_1", "good_2", "half", "empty_run"}
+    assert [r.run_id for r in client.runs("d")][:2] == ["good_2", "good_1"]  # newest first; unreadable ones last
+    assert runs["good_1"].tasks["t"].result == 7 and runs["good_1"].problems == []
+    good_2 = runs["good_2"]
+    assert good_2["t"].result == 7
+    assert any("not a JSON object" in p for p in good_2.problems)
+    assert good_2.tasks["v"][-1].status.startswith("broken:") and "outcome.json" in good_2.tasks["v"][-1].status
+    assert runs["half"].submitted_at is None and any("cannot be read" in p for p in runs["half"].problems)
+    assert runs["empty_run"].problems == [] and runs["empty_run"].tasks == {}
+    assert client.runs("_cache")[0]["t"].result == 7
+
+    assert cli.main(["--store", f"file://{root}", "runs", "d"]) == 0
+    listing = capsys.readouterr().out
+    assert "good_1" in listing and "good_2" in listing and "1 broken folders" in listing
+    assert cli.main(["--store", f"file://{root}", "show", "d", "half"]) == 0
+    assert "broken: " in capsys.readouterr().out

@@ -127,5 +127,5 @@ def runs(dag_id: str, limit: int = 5) -> list[dict[str, Any]]:
                         "hints": advice(call.requested, call.metrics),
                     }
                 )
-        out.append({"run_id": run.run_id, "submitted_at": run.submitted_at, "calls": calls})
+        out.append({"run_id": run.run_id, "submitted_at": run.submitted_at, "calls": calls, "problems": run.problems})
     return out

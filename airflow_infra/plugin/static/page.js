@@ -126,8 +126,11 @@
   function runsTable(runs) {
     const rows = [];
     for (const run of runs) {
+      // A folder of the run that is not a readable call gets a row saying what is wrong.
+      const problems = run.problems || [];
+      const span = String(run.calls.length + problems.length);
+      const runCell = el("td", { rowspan: span }, el("code", {}, run.run_id), el("div", { class: "why" }, run.submitted_at || "?"));
       run.calls.forEach((call, i) => {
-        const runCell = el("td", { rowspan: String(run.calls.length) }, el("code", {}, run.run_id), el("div", { class: "why" }, run.submitted_at));
         rows.push(
           el(
             "tr",
@@ -138,6 +141,22 @@
             el("td", { class: call.ok ? "" : "error" }, call.status, call.try_number > 1 ? ` (try ${call.try_number})` : ""),
             usage(call),
             el("td", {}, call.hints.map((h) => el("div", { class: "hint" }, h))),
+          ),
+        );
+      });
+      problems.forEach((problem, i) => {
+        rows.push(
+          el(
+            "tr",
+            { "data-run-id": run.run_id, class: "broken" },
+            i === 0 && run.calls.length === 0 ? runCell : null,
+            el("td", {}, "-"),
+            el("td", {}, "-"),
+            el("td", { class: "error" }, `broken: ${problem}`),
+            el("td", {}, "-"),
+            el("td", {}, "-"),
+            el("td", {}, "-"),
+            el("td", {}, ""),
           ),
         );
       });

@@ -135,3 +135,47 @@ def test_credentials_in_a_package_url_are_refused_without_echoing_them(requireme
         fit()
     message = str(info.value)
     assert "credentials in its URL" in message and "tok3n-s3cret" not in message, message
+
+
+@pytest.mark.parametrize("declared", ["/etc/hostname", "../../../../etc/hostname", "link-out.txt"])
+def test_a_requirements_file_outside_the_dags_is_refused(tmp_path, monkeypatch, declared):
+    from airflow.configuration import conf
+
+    dags = tmp_path / "dags" / "team"
+    dags.mkdir(parents=True)
+    (dags / "link-out.txt").symlink_to("/etc/hostname")
+    monkeypatch.setattr(conf, "get", lambda *a, **k: str(tmp_path / "dags") if a[:2] == ("core", "dags_folder") else k.get("fallback"))
+    with pytest.raises(InfraSpecError, match="outside the DAG file's folder and the DAGs folder"):
+        with DAG("hostile_dag", schedule=None) as dag:
+            dag.fileloc = str(dags / "dag.py")
+
+            @infra_task(requirements=declared)
+            def fit():
+                return 1
+
+            fit()
+
+
+def test_a_requirements_file_in_the_dags_folder_is_fine_and_a_deleted_one_is_seen(tmp_path, monkeypatch):
+    from airflow.configuration import conf
+
+    dags = tmp_path / "dags"
+    (dags / "team").mkdir(parents=True)
+    shared = dags / "shared-reqs.txt"
+    shared.write_text("six\n")
+    monkeypatch.setattr(conf, "get", lambda *a, **k: str(dags) if a[:2] == ("core", "dags_folder") else k.get("fallback"))
+    for present in (True, False):
+        if not present:
+            shared.unlink()
+        with DAG("reqs_dag", schedule=None) as dag:
+            dag.fileloc = str(dags / "team" / "dag.py")
+
+            @infra_task(requirements="../shared-reqs.txt")
+            def fit():
+                return 1
+
+            if present:
+                fit()
+            else:  # validated before in this process: the file's absence is still seen
+                with pytest.raises(InfraSpecError, match="no such file"):
+                    fit()

@@ -79,7 +79,8 @@ def validate_declaration(declared: Mapping[str, Any], target: str, dag: Any, tas
                     _remember(_VALID_DECLARATIONS, (name, item))
             continue
         try:
-            key = (name, type(value), value, fileloc if name == "requirements" else None)
+            # A requirements file is looked at every time: it may have gone since.
+            key = None if name == "requirements" else (name, type(value), value)
             known = key in _VALID_DECLARATIONS
         except TypeError:  # unhashable (a mapping of env variables): checked every time
             key, known = None, False
@@ -92,7 +93,7 @@ def validate_declaration(declared: Mapping[str, Any], target: str, dag: Any, tas
 
 
 # Values found valid in this process: (field, value) for each item of a list field,
-# (field, type, value, DAG file for `requirements`) for the others. The type is part of the
+# (field, type, value) for the others but `requirements`. The type is part of the
 # key because True == 1 and 2 == 2.0, which do not validate alike.
 _VALID_DECLARATIONS: set[tuple] = set()
 _VALID_TARGETS: set[str] = set()
@@ -139,7 +140,10 @@ def _field_ok(name: str, value: Any, fileloc: str | None) -> bool:
     if name == "python":
         return environment.python in (None, WORKER_PYTHON)
     if name == "requirements" and fileloc:
-        return requirements_file(fileloc, environment.requirements).is_file()
+        try:
+            return requirements_file(fileloc, environment.requirements).is_file()
+        except InfraSpecError:
+            return False
     return True
 
 
@@ -158,7 +162,10 @@ def _check_declaration(declared: Mapping[str, Any], target: str, dag: Any, task_
             "or the name of a target in infra.yaml (lowercase letters, digits, '-', '_')"
         )
     if environment.requirements and getattr(dag, "fileloc", None):
-        path = requirements_file(dag.fileloc, environment.requirements)
+        try:
+            path = requirements_file(dag.fileloc, environment.requirements)
+        except InfraSpecError as exc:
+            raise InfraSpecError(f"{where(dag_id, task_id)}: requirements={environment.requirements!r}: {exc}") from None
         if not path.is_file():
             raise InfraSpecError(
                 f"{where(dag_id, task_id)}: requirements={environment.requirements!r}: no such file "
@@ -167,5 +174,19 @@ def _check_declaration(declared: Mapping[str, Any], target: str, dag: Any, task_
 
 
 def requirements_file(dag_file: str, declared: str) -> Path:
-    path = Path(declared)
-    return path if path.is_absolute() else Path(dag_file).parent / path
+    """The requirements file a DAG file declares, relative to it. It must lie in the DAG
+    file's folder (or below) or in the DAGs folder: a DAG author names files they ship with
+    their DAGs, not the worker's (/etc/..., another team's folder through '..' or a symlink)."""
+    folder = Path(dag_file).parent
+    path = (folder / declared).resolve()
+    roots = [folder.resolve(), _dags_folder()]
+    if not any(root is not None and path.is_relative_to(root) for root in roots):
+        raise InfraSpecError(f"{path} is outside the DAG file's folder and the DAGs folder; keep requirements files with the DAGs")
+    return path
+
+
+def _dags_folder() -> Path | None:
+    from airflow.configuration import conf
+
+    configured = conf.get("core", "dags_folder", fallback="")
+    return Path(configured).resolve() if configured else None

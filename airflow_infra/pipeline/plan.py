@@ -76,9 +76,11 @@ def plan_call(
 def _requirements(environment: Environment, dag_file: str | None, dag_id: str, task_id: str) -> tuple[Path | None, str | None]:
     if not environment.requirements or not dag_file:
         return None, None
-    path = requirements_file(dag_file, environment.requirements)
     try:
+        path = requirements_file(dag_file, environment.requirements)
         return path, path.read_text()
+    except InfraSpecError as exc:
+        raise InfraSpecError(f"{where(dag_id, task_id)}: requirements={environment.requirements!r}: {exc}") from None
     except OSError as exc:
         raise InfraSpecError(f"{where(dag_id, task_id)}: requirements={environment.requirements!r}: cannot read {path}: {exc}") from None
 

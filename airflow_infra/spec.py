@@ -129,9 +129,17 @@ def _as_list(value: Any) -> list:
     return list(value)
 
 
+_URL_CREDENTIALS = re.compile(r"(://)[^/@\s]*@")
+
+
 def _without_credentials(text: str) -> str:
     """`text` with the user:password of every URL in it replaced by '***'."""
-    return re.sub(r"(://)[^/@\s]*@", r"\1***@", text)
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
+def credential_lines(text: str) -> list[int]:
+    """The numbers of the lines of `text` that hold a URL with a user or password in it."""
+    return [n for n, line in enumerate(text.splitlines(), 1) if _URL_CREDENTIALS.search(line)]
 
 
 def _hash(data: Mapping[str, Any]) -> str:

@@ -179,3 +179,23 @@ def test_a_requirements_file_in_the_dags_folder_is_fine_and_a_deleted_one_is_see
             else:  # validated before in this process: the file's absence is still seen
                 with pytest.raises(InfraSpecError, match="no such file"):
                     fit()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "six\n--extra-index-url https://user:tok3n-s3cret@pypi.example.invalid/simple\n",
+        "pkg @ https://tok3n-s3cret@example.invalid/pkg-1.0.whl\n",
+        "six\n--find-links http://u:tok3n-s3cret@example.invalid/wheels\n",
+    ],
+)
+def test_a_requirements_file_with_credentials_is_refused_before_any_build(tmp_path, content):
+    from airflow_infra.config import InfraConfig
+    from airflow_infra.pipeline.plan import plan_call
+
+    (tmp_path / "reqs.txt").write_text(content)
+    with pytest.raises(InfraSpecError) as info:
+        plan_call({"requirements": "reqs.txt"}, "auto", InfraConfig(), dag_id="d", task_id="t", dag_file=str(tmp_path / "dag.py"))
+    message = str(info.value)
+    assert "DAG 'd', task 't': requirements='reqs.txt'" in message and "has credentials in a URL" in message
+    assert "tok3n-s3cret" not in message

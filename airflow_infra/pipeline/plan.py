@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_infra.errors import InfraError, InfraSpecError, where
 from airflow_infra.pipeline.declaration import DECLARED_FIELDS, INFRA_TASK, requirements_file
 from airflow_infra.routing import Route, route
-from airflow_infra.spec import Environment, Resources, build_models, is_templated
+from airflow_infra.spec import Environment, Resources, build_models, credential_lines, is_templated
 from airflow_infra.targets import get_kind, runner_for
 
 if TYPE_CHECKING:
@@ -78,11 +78,19 @@ def _requirements(environment: Environment, dag_file: str | None, dag_id: str, t
         return None, None
     try:
         path = requirements_file(dag_file, environment.requirements)
-        return path, path.read_text()
+        text = path.read_text()
     except InfraSpecError as exc:
         raise InfraSpecError(f"{where(dag_id, task_id)}: requirements={environment.requirements!r}: {exc}") from None
     except OSError as exc:
         raise InfraSpecError(f"{where(dag_id, task_id)}: requirements={environment.requirements!r}: cannot read {path}: {exc}") from None
+    found = credential_lines(text)
+    if found:  # the file goes into the image and its hash: a token there would be in every layer pulled
+        raise InfraSpecError(
+            f"{where(dag_id, task_id)}: requirements={environment.requirements!r}: line {', '.join(map(str, found))} "
+            "has credentials in a URL; give the index's credentials to the workers' pip/uv configuration "
+            "(or a netrc file) instead"
+        )
+    return path, text
 
 
 # -- whole DAGs, for the CLI and the plugin ------------------------------------------------

@@ -201,15 +201,16 @@ def deadline(seconds: float | None, on_expiry: Callable[[], None]) -> Iterator[N
 
 
 def describe_exit(code: int) -> str:
-    """A process's end in words: its exit code, or the signal that killed it."""
+    """A process's end in words: its exit code, or the signal that killed it. Never a guess
+    at why: "out of memory" is said only where the kernel or the runtime reports it (the
+    handle's `oom` fact), since a SIGKILL is also a kill by a person, a timeout or an eviction."""
     if code < 0 or code == 137:  # a signal; 137 is how a container reports SIGKILL
         signum = -code if code < 0 else code - 128
         try:
             name = signal.Signals(signum).name
         except ValueError:
             return f"exit code {code}"
-        hint = ": most likely out of memory (the kernel's OOM killer), raise `memory`" if signum == signal.SIGKILL else ""
-        return f"killed by {name}{hint}"
+        return f"killed by {name}, signal {signum}" + (f", exit code {code}" if code > 0 else "")
     return f"exit code {code}"
 
 

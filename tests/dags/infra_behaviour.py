@@ -97,11 +97,15 @@ def infra_process_deaths():
 
         os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
 
+    @infra_task
+    def exits_hard() -> None:
+        os._exit(42)  # no outcome, no cleanup
+
     @infra_task(trigger_rule="all_done")
     def afterwards() -> int:
         return 7
 
-    [kill_own_runtime(), killed_by_signal()] >> afterwards()
+    [kill_own_runtime(), killed_by_signal(), exits_hard()] >> afterwards()
 
 
 def memory_hungry(size: str) -> str:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from dagtest import bench_home, interleaved
 
 N_TASKS = 30  # --tasks
 PACKAGE = "six==1.16.0"
@@ -54,73 +53,25 @@ DECORATORS = {
 }
 
 
-_STAMP = re.compile(r"^(\S+Z) .*\[DAG TEST\] (starting|end task) task_id=(\S+)")
-
-
-def task_spans(output: str, n_tasks: int) -> list[float]:
-    """Seconds from each task's "[DAG TEST] starting" line to its "end task" line."""
-    from datetime import datetime
-
-    started: dict[str, datetime] = {}
-    spans = []
-    for line in output.splitlines():
-        match = _STAMP.match(line)
-        if not match:
-            continue
-        stamp = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
-        if match.group(2) == "starting":
-            started[match.group(3)] = stamp
-        elif match.group(3) in started:
-            spans.append((stamp - started.pop(match.group(3))).total_seconds())
-    if len(spans) != n_tasks:
-        sys.exit(f"expected {n_tasks} task spans in the log, found {len(spans)}")
-    return spans
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=N_TASKS)
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="overhead-bench-"))
-    dags = home / "dags"
-    dags.mkdir()
-    for name, decorator in DECORATORS.items():
-        (dags / f"bench_{name}.py").write_text(
-            TEMPLATE.format(cache=str(home / "venv-cache"), name=name, decorator=decorator, n=args.tasks)
-        )
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__STANDARD__VENV_INSTALL_METHOD": "uv",
-        # @task.virtualenv finds uv on PATH: put this interpreter's scripts folder first.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    venv_cache = tempfile.mkdtemp(prefix="overhead-bench-venvs-")
+    files = {
+        f"bench_{name}.py": TEMPLATE.format(cache=venv_cache, name=name, decorator=decorator, n=args.tasks)
+        for name, decorator in DECORATORS.items()
     }
-    env.pop("AIRFLOW_INFRA_TARGET", None)
-    airflow = [sys.executable, "-m", "airflow"]
-    subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-
-    def run(name: str) -> tuple[float, list[float]]:
-        started = time.perf_counter()
-        proc = subprocess.run([*airflow, "dags", "test", f"bench_{name}"], env=env, capture_output=True, text=True)
-        elapsed = time.perf_counter() - started
-        output = proc.stdout + proc.stderr
-        if proc.returncode != 0 or "state=success" not in output:
-            sys.exit(f"bench_{name} failed:\n{output[-3000:]}")
-        return elapsed, task_spans(output, args.tasks)
-
-    for name in DECORATORS:  # warm: build the virtualenv / environment caches
-        run(name)
-    totals: dict[str, list[float]] = {name: [] for name in DECORATORS}
-    spans: dict[str, list[float]] = {name: [] for name in DECORATORS}
-    for _ in range(args.runs):
-        for name in DECORATORS:  # interleaved, so drift hits all variants alike
-            total, task_times = run(name)
-            totals[name].append(total)
-            spans[name].extend(task_times)
+    _, env = bench_home(
+        "overhead-bench-",
+        files,
+        AIRFLOW__STANDARD__VENV_INSTALL_METHOD="uv",
+        # @task.virtualenv finds uv on PATH: put this interpreter's scripts folder first.
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    totals, spans = interleaved(list(DECORATORS), args.runs, env, "bench_{name}", args.tasks)
 
     print(f"{args.tasks} chained tasks importing {PACKAGE}; {args.runs} warm `airflow dags test` runs each:")
     per_task = {name: statistics.median(values) for name, values in spans.items()}

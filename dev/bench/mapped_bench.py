@@ -14,15 +14,9 @@ span ("[DAG TEST] starting" to "end task") is printed too. Target: infra/plain <
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from datetime import datetime
-from pathlib import Path
+
+from dagtest import bench_home, interleaved
 
 PACKAGE = "six==1.16.0"
 
@@ -47,67 +41,15 @@ DECORATORS = {
     "infra": f'infra_task(packages=["{PACKAGE}"])',
 }
 
-_STAMP = re.compile(r"^(\S+Z) .*\[DAG TEST\] (starting|end task) task_id=(\S+) map_index=(-?\d+)")
-
-
-def instance_spans(output: str, expected: int) -> list[float]:
-    """Seconds from each instance's "[DAG TEST] starting" line to its "end task" line."""
-    started: dict[tuple[str, str], datetime] = {}
-    spans = []
-    for line in output.splitlines():
-        match = _STAMP.match(line)
-        if not match:
-            continue
-        stamp = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
-        key = (match.group(3), match.group(4))
-        if match.group(2) == "starting":
-            started[key] = stamp
-        elif key in started:
-            spans.append((stamp - started.pop(key)).total_seconds())
-    if len(spans) != expected:
-        sys.exit(f"expected {expected} instance spans in the log, found {len(spans)}")
-    return spans
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--instances", type=int, default=300)
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="mapped-bench-"))
-    dags = home / "dags"
-    dags.mkdir()
-    for name, decorator in DECORATORS.items():
-        (dags / f"mapped_{name}.py").write_text(TEMPLATE.format(name=name, decorator=decorator, n=args.instances))
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    }
-    env.pop("AIRFLOW_INFRA_TARGET", None)
-    airflow = [sys.executable, "-m", "airflow"]
-    subprocess.run([*airflow, "db", "migrate"], env=env, check=True, capture_output=True)
-
-    def run(name: str) -> tuple[float, list[float]]:
-        started = time.perf_counter()
-        proc = subprocess.run([*airflow, "dags", "test", f"mapped_{name}"], env=env, capture_output=True, text=True)
-        elapsed = time.perf_counter() - started
-        output = proc.stdout + proc.stderr
-        if proc.returncode != 0 or "state=success" not in output:
-            sys.exit(f"mapped_{name} failed:\n{output[-3000:]}")
-        return elapsed, instance_spans(output, args.instances)
-
-    for name in DECORATORS:  # warm: the environment cache, the DB
-        run(name)
-    totals: dict[str, list[float]] = {name: [] for name in DECORATORS}
-    spans: dict[str, list[float]] = {name: [] for name in DECORATORS}
-    for _ in range(args.runs):
-        for name in DECORATORS:  # interleaved, so drift hits both alike
-            total, instance_times = run(name)
-            totals[name].append(total)
-            spans[name].extend(instance_times)
+    files = {f"mapped_{name}.py": TEMPLATE.format(name=name, decorator=decorator, n=args.instances) for name, decorator in DECORATORS.items()}
+    _, env = bench_home("mapped-bench-", files)
+    totals, spans = interleaved(list(DECORATORS), args.runs, env, "mapped_{name}", args.instances)
 
     print(f"{args.instances} mapped instances importing {PACKAGE}; {args.runs} warm `airflow dags test` runs each:")
     total = {name: statistics.median(values) for name, values in totals.items()}

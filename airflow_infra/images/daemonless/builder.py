@@ -106,10 +106,13 @@ class DaemonlessBuilder:
         log(f"{len(pins) - len(missing)} of {len(pins)} distribution layers cached")
         if missing:
             with tempfile.TemporaryDirectory(prefix="airflow-infra-stage-") as staging:
+                started = time.monotonic()
                 dists = install.install(missing, recipe.python, python_exe, Path(staging), log)
+                installed = time.monotonic()
                 with ThreadPoolExecutor(UPLOAD_THREADS) as pool:  # zlib releases the GIL
                     made = pool.map(lambda pin: (pin.name, self._dist_layer(pin, dists[pin.name], keys[pin.name])), missing)
                     cached.update(made)
+                log(f"installed and byte-compiled in {installed - started:.1f}s, layers written in {time.monotonic() - installed:.1f}s")
         dist_layers = sorted((layer for layer in cached.values() if layer is not None), key=lambda l: (-l.size, l.name))
         budget = own_budget - 2  # the skeleton and the runtime
         if budget < 1:
@@ -121,7 +124,8 @@ class DaemonlessBuilder:
         return [self._skeleton(recipe.python), *dist_layers, self._runtime(recipe)]
 
     def _dist_layer(self, pin: install.Pin, dist: install.Dist, key: str) -> Layer:
-        name = pin.line if len(pin.line) < 100 else pin.name
+        # The name goes into the image's history: never a URL (it may carry credentials).
+        name = pin.line if "@" not in pin.line and len(pin.line) < 100 else pin.name
         # A pin without hashes (a local path or URL) may change under the same name: not reused.
         cache = self.cache if pin.hashes else LayerCache(self.cache.root / "uncached")
         return cache.put(key, dist.entries, name)

@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-# Level 6 is what `docker push` uses too: comparable sizes, and the layer is made once.
-GZIP_LEVEL = 6
+# Level 4: twice as fast as 6 (what `docker push` uses) for about 5% more bytes.
+GZIP_LEVEL = 4
 MTIME = 0
 
 

@@ -96,6 +96,9 @@ def config(base_in_registry, tmp_path, monkeypatch):
     return InfraConfig(registry=registry, builder="daemonless", base_image=BASE)
 
 
+_REAL_UPLOAD = RegistryClient.upload_blob
+
+
 class Uploads:
     """Records each blob the builder uploads (the real upload still happens); `fail` makes the
     upload with that index (0-based, in the order they start) fail instead."""
@@ -104,7 +107,7 @@ class Uploads:
         self.digests: list[str] = []
         self.failed: list[str] = []
         started = itertools.count()
-        real = RegistryClient.upload_blob
+        real = _REAL_UPLOAD  # not an earlier test double's
 
         def upload(client, repository, blob):
             if next(started) == fail:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from airflow_infra import Environment
+from airflow_infra.client import Client
 from airflow_infra.codeship import dumps_call
 from airflow_infra.config import InfraConfig
 from airflow_infra.errors import InfraConfigError, InfraEnvironmentError, InfraSpecError
@@ -329,4 +330,22 @@ def test_a_dag_runs_on_the_docker_target_with_daemonless_images(dags, infra_yaml
     assert run.succeeded, run.output[-3000:]
     assert [run.result(f"a_{i}") for i in range(3)] == ["1.16.0"] * 3
     assert [run.result(f"b_{i}") for i in range(2)] == ["1.17.0"] * 2
+    assert "with the 'daemonless' builder" in run.output
+
+
+@pytest.mark.integration
+def test_daemonless_images_run_as_pods(dags, docker_yaml, moto_s3, fake_kube, base_in_registry):
+    """Through the real KubernetesPodOperator against the fake Kubernetes API (a test double
+    running pods as Docker containers), with the store on moto's S3 (s3fs in the image)."""
+    docker_yaml(
+        "  k8s: {kind: kubernetes, namespace: ml, pass_credentials: true, startup_timeout: 60}\n"
+        f"builder: daemonless\nbase_image: {BASE}\nartifacts: {moto_s3}\nrules:\n  - {{target: k8s}}\n",
+        namespace="-dlk8s",
+    )
+    run = dags.test("infra_images")
+    assert run.succeeded, run.output[-5000:]
+    stored = Client(moto_s3).run("infra_images", run.run_id)
+    assert {stored[f"a_{i}"].target for i in range(3)} == {"k8s"}
+    assert [stored[f"a_{i}"].result for i in range(3)] == ["1.16.0"] * 3
+    assert [stored[f"b_{i}"].result for i in range(2)] == ["1.17.0"] * 2
     assert "with the 'daemonless' builder" in run.output

@@ -268,10 +268,13 @@ def test_warm_rebuild_is_assembly_only_and_same_digests(config, monkeypatch, tmp
     first = build(config, ["tqdm==4.66.4"], logs)
     again = config.model_copy(update={"registry": config.registry + "-again"})
     logs2: list[str] = []
+    uploads = Uploads(monkeypatch)
     second = build(again, ["tqdm==4.66.4"], logs2)
     assert any("2 of 2 distribution layers cached" in line for line in logs2), logs2
     assert not any(line.startswith("installed") for line in logs2)
     assert layer_digests(first.reference) == layer_digests(second.reference)
+    # Into another repository every blob (the config too: the same image) is mounted from the first.
+    assert uploads.digests == [] and any("0 blobs uploaded" in line for line in logs2)
     # An empty layer cache makes the same bytes again.
     monkeypatch.setenv("AIRFLOW__INFRA__LAYER_CACHE_DIR", str(tmp_path / "other-layers"))
     third = build(config.model_copy(update={"registry": config.registry + "-third"}), ["tqdm==4.66.4"])

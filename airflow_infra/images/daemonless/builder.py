@@ -93,7 +93,7 @@ class DaemonlessBuilder:
             "layers": [*base_manifest["layers"], *({"mediaType": layer_media, "size": l.size, "digest": l.digest} for l in layers)],
         }
         log(f"assembled {len(layers)} layers on {len(base_manifest['layers'])} of the base in {time.monotonic() - started:.1f}s")
-        push_image(client, target, base, base_manifest, layers, config_blob, manifest, log)
+        push_image(client, target, base, base_manifest, layers, config_blob, manifest, log, self.cache)
 
     def layers(self, recipe: ImageRecipe, own_budget: int, log: Log) -> list[Layer]:
         """The skeleton, the distributions' layers (cached or made now) and the runtime's."""
@@ -202,8 +202,11 @@ def push_image(
     config: Blob,
     manifest: dict,
     log: Log,
+    cache: LayerCache,
 ) -> None:
-    """Every blob first (the base's mounted, ours uploaded unless present), the manifest last."""
+    """Every blob first, the manifest last. The base's blobs are mounted from its repository;
+    ours are skipped when present, mounted from the repository this host last pushed them
+    to (another environment's, say), else uploaded."""
     repository = target.repository
     mounted = 0
     for layer in base_manifest["layers"]:
@@ -219,7 +222,12 @@ def push_image(
     def upload(blob: Blob) -> int:
         if client.blob_exists(repository, blob.digest):
             return 0
+        source = cache.pushed_to(target.host, blob.digest)
+        if source and source != repository and client.mount_blob(repository, blob.digest, source):
+            cache.note_pushed(target.host, blob.digest, repository)
+            return 0
         client.upload_blob(repository, blob)
+        cache.note_pushed(target.host, blob.digest, repository)
         return blob.size
 
     blobs = [Blob(layer.digest, layer.size, path=layer.path) for layer in layers]
@@ -231,7 +239,7 @@ def push_image(
     client.put_manifest(repository, target.tag, body, manifest["mediaType"])
     log(
         f"pushed {target.host}/{repository}:{target.tag}: {len(uploaded)} blobs uploaded "
-        f"({sum(uploaded) / 2**20:.1f} MiB), {len(sent) - len(uploaded)} present, {mounted} base layers mounted"
+        f"({sum(uploaded) / 2**20:.1f} MiB), {len(sent) - len(uploaded)} present or mounted, {mounted} base layers mounted"
     )
 
 

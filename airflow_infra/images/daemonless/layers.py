@@ -161,6 +161,18 @@ class LayerCache:
             return None
         return Layer(data["name"], blob, data["digest"], data["diff_id"], data["size"], data["unpacked"])
 
+    def pushed_to(self, host: str, digest: str) -> str | None:
+        """The repository of `host` this blob was last pushed to from here, if any."""
+        try:
+            return (self.root / "pushed" / host.replace(":", "_") / digest.removeprefix("sha256:")).read_text() or None
+        except OSError:
+            return None
+
+    def note_pushed(self, host: str, digest: str, repository: str) -> None:
+        folder = self.root / "pushed" / host.replace(":", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / digest.removeprefix("sha256:")).write_text(repository)
+
     def put(self, key: str, entries: Iterable[Entry], name: str) -> Layer:
         layer = write_layer(entries, self.root / f"{key}.tar.gz", name)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".meta-")

@@ -22,7 +22,6 @@ import json
 import os
 import posixpath
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,8 @@ from airflow_infra.images.daemonless.layers import Entry
 from airflow_infra.images.recipe import VENV
 
 Log = Callable[[str], None]
-_USERINFO = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://[^/\s@\"']+@")
+# user:password@ in a URL (a bare user@, as in git@host, is no secret)
+_USERINFO = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://[^/\s@\"':]+:[^/\s@\"']*@")
 _PIN_NAME = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
@@ -226,7 +226,3 @@ def _run(cmd: list[str], doing: str) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise InfraEnvironmentError(f"{doing} failed (exit {done.returncode}):\n{done.stderr.strip()[-3000:]}")
-
-
-def remove(staging: Path) -> None:
-    shutil.rmtree(staging, ignore_errors=True)

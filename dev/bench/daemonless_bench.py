@@ -13,7 +13,7 @@ Targets: cold <= 0.6x docker; one package <= 3 s and <= 1% of docker's bytes; wa
 assembly <= 1 s plus upload. Needs the engine, the registry and the base image pushed to
 it (dev/start-docker.sh, dev/start-registry.sh, dev/push-base-image.sh).
 
-    .venv/bin/python dev/bench/daemonless_bench.py [--only small|ds]
+    .venv/bin/python dev/bench/daemonless_bench.py [--only small|ds] [--breakdown]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from airflow_infra.config import InfraConfig  # noqa: E402
 from airflow_infra.images import builders  # noqa: E402
 from airflow_infra.images.daemonless import builder as daemonless  # noqa: E402
 from airflow_infra.images.daemonless.registry_push import RegistryClient  # noqa: E402
+from airflow_infra.images.daemonless.timing import Stopwatch  # noqa: E402
 from airflow_infra.images.service import ensure_image, plan_image  # noqa: E402
 from airflow_infra.spec import Environment  # noqa: E402
 
@@ -81,11 +82,23 @@ def pull_bytes(reference: str, sibling: str) -> int:
 def timed_build(config: InfraConfig, packages: list[str]) -> tuple[float, str]:
     plan = plan_image(Environment(packages=packages), None, config)
     started = time.perf_counter()
-    assert ensure_image(plan, config, lambda line: None)
+    logs.clear()
+    assert ensure_image(plan, config, lambda line: logs.append((time.perf_counter() - started, line)))
     return time.perf_counter() - started, plan.reference
 
 
-def run_set(name: str, packages: list[str], scratch: Path) -> None:
+logs: list[tuple[float, str]] = []
+
+
+def breakdown(builder: str) -> str:
+    """The last build's phases: the daemonless builder logs them; docker's are build, then push."""
+    if builder == "daemonless":
+        return next(line.removeprefix("timings: ") for _, line in logs if line.startswith("timings: "))
+    pushing = next(at for at, line in logs if line.startswith("push: "))
+    return f"build (download, install, commit) {pushing:.2f}s, push (compress, upload) {logs[-1][0] - pushing:.2f}s"
+
+
+def run_set(name: str, packages: list[str], scratch: Path, show_breakdown: bool) -> None:
     ns = f"127.0.0.1:5000/bench-dl{os.getpid()}-{name}"
     certs = [os.environ["SSL_CERT_FILE"]] if os.environ.get("SSL_CERT_FILE") else []
     docker_cfg = InfraConfig(registry=f"{ns}-docker", builder="docker", base_image=BASE, ca_certificates=certs)
@@ -97,6 +110,7 @@ def run_set(name: str, packages: list[str], scratch: Path) -> None:
         client.images.remove(image.id, force=True)
     client.api.prune_builds()
     docker_cold, docker_ref = timed_build(docker_cfg, packages)
+    docker_cold_phases = breakdown("docker")
     docker_bytes = own_bytes(docker_ref)
     docker_plus, docker_plus_ref = timed_build(docker_cfg, [*packages, ADDED])
     docker_plus_bytes = new_bytes(docker_plus_ref, docker_ref)
@@ -107,6 +121,7 @@ def run_set(name: str, packages: list[str], scratch: Path) -> None:
     os.environ["AIRFLOW__INFRA__LAYER_CACHE_DIR"] = str(scratch / f"layers-{name}")
     uploaded.clear()
     dl_cold, dl_ref = timed_build(dl_cfg, packages)
+    dl_cold_phases = breakdown("daemonless")
     dl_cold_up = sum(uploaded)
     uploaded.clear()
     dl_plus, dl_plus_ref = timed_build(dl_cfg, [*packages, ADDED])
@@ -114,7 +129,7 @@ def run_set(name: str, packages: list[str], scratch: Path) -> None:
     # Warm: everything cached on disk, an empty namespace; assembly timed on its own too.
     recipe = plan_image(Environment(packages=packages), None, dl_cfg).recipe
     started = time.perf_counter()
-    daemonless.DaemonlessBuilder().layers(recipe, daemonless.MAX_LAYERS - 1, lambda line: None)
+    daemonless.DaemonlessBuilder().layers(recipe, daemonless.MAX_LAYERS - 1, lambda line: None, Stopwatch())
     dl_assembly = time.perf_counter() - started
     uploaded.clear()
     dl_warm, _ = timed_build(dl_cfg.model_copy(update={"registry": f"{ns}-daemonless-warm"}), packages)
@@ -127,6 +142,9 @@ def run_set(name: str, packages: list[str], scratch: Path) -> None:
     print(f"  cold build+push     docker {docker_cold:6.1f} s   daemonless {dl_cold:6.1f} s   "
           f"RATIO {dl_cold / docker_cold:.2f}x (target <= 0.6x); pushed docker {docker_bytes / mb:.1f} MiB, "
           f"daemonless {dl_cold_up / mb:.1f} MiB")
+    if show_breakdown:
+        print(f"    docker cold:     {docker_cold_phases}")
+        print(f"    daemonless cold: {dl_cold_phases}")
     print(f"  +{ADDED:<17} docker {docker_plus:6.1f} s   daemonless {dl_plus:6.1f} s (target <= 3 s); "
           f"pushed docker {docker_plus_bytes / mb:.2f} MiB, daemonless {dl_plus_up / mb:.3f} MiB = "
           f"{100 * dl_plus_up / docker_plus_bytes:.2f}% of docker's (target <= 1%)")
@@ -139,11 +157,12 @@ def run_set(name: str, packages: list[str], scratch: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=sorted(SETS))
+    parser.add_argument("--breakdown", action="store_true", help="where each cold build's time went")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="daemonless-bench-") as scratch:
         for name, packages in SETS.items():
             if args.only in (None, name):
-                run_set(name, packages, Path(scratch))
+                run_set(name, packages, Path(scratch), args.breakdown)
 
 
 if __name__ == "__main__":

@@ -28,15 +28,17 @@ from pathlib import Path
 from airflow_infra.envbuild import RECIPE_VERSION
 from airflow_infra.errors import InfraConfigError, InfraEnvironmentError
 from airflow_infra.images.daemonless import install
-from airflow_infra.images.daemonless.layers import GZIP_LEVEL, Entry, Layer, LayerCache, read_entries
+from airflow_infra.images.daemonless.layers import COMPRESSION, Entry, Layer, LayerCache, read_entries
+from airflow_infra.images.daemonless.pushing import BlobPusher, finish_push, mount_base
 from airflow_infra.images.daemonless.registry_push import DOCKER_MANIFEST, OCI_MANIFEST, Blob, RegistryClient
+from airflow_infra.images.daemonless.timing import Stopwatch
 from airflow_infra.images.recipe import RUNTIME_PATH, VENV, ImageRecipe
 from airflow_infra.images.registry import Credentials, ImageRef
 
 Log = Callable[[str], None]
 
 # Bump when the bytes of a layer change for the same inputs (paths, modes, compression, ...).
-LAYOUT_VERSION = "1"
+LAYOUT_VERSION = "2"
 # Layers of the whole image, the base's included. overlay2 refuses images above 125
 # (apache-airflow alone resolves to 130 distributions): beyond this, the smallest
 # distributions share one layer.
@@ -47,11 +49,12 @@ MEDIA = {
     DOCKER_MANIFEST: ("application/vnd.docker.container.image.v1+json", "application/vnd.docker.image.rootfs.diff.tar.gzip"),
     OCI_MANIFEST: ("application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.layer.v1.tar+gzip"),
 }
-UPLOAD_THREADS = 2
+# Layers written at once: ISA-L and hashing release the GIL, tarfile's bookkeeping does not.
+LAYER_THREADS = 2
 
 
 def layer_key(*parts: object) -> str:
-    blob = json.dumps([LAYOUT_VERSION, RECIPE_VERSION, GZIP_LEVEL, VENV, *parts], separators=(",", ":"))
+    blob = json.dumps([LAYOUT_VERSION, RECIPE_VERSION, COMPRESSION, VENV, *parts], separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -81,54 +84,95 @@ class DaemonlessBuilder:
         base_config = json.loads(client.blob_bytes(base.repository, base_manifest["config"]["digest"]))
         _check_base_python(base_config, recipe)
         own_budget = MAX_LAYERS - len(base_manifest["layers"])
-        layers = self.layers(recipe, own_budget, log)
-        config = extend_config(base_config, recipe, layers)
-        config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-        config_media, layer_media = MEDIA[media_type]
-        config_blob = Blob("sha256:" + hashlib.sha256(config_bytes).hexdigest(), len(config_bytes), data=config_bytes)
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": media_type,
-            "config": {"mediaType": config_media, "size": config_blob.size, "digest": config_blob.digest},
-            "layers": [*base_manifest["layers"], *({"mediaType": layer_media, "size": l.size, "digest": l.digest} for l in layers)],
-        }
-        log(f"assembled {len(layers)} layers on {len(base_manifest['layers'])} of the base in {time.monotonic() - started:.1f}s")
-        push_image(client, target, base, base_manifest, layers, config_blob, manifest, log, self.cache)
+        watch = Stopwatch()
+        with BlobPusher(client, target, self.cache, watch) as pusher:
+            mounted = mount_base(client, base, base_manifest, target.repository)
+            layers = self.layers(recipe, own_budget, log, watch, ready=pusher.submit_layer)
+            config = extend_config(base_config, recipe, layers)
+            config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+            config_media, layer_media = MEDIA[media_type]
+            config_blob = Blob("sha256:" + hashlib.sha256(config_bytes).hexdigest(), len(config_bytes), data=config_bytes)
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": media_type,
+                "config": {"mediaType": config_media, "size": config_blob.size, "digest": config_blob.digest},
+                "layers": [*base_manifest["layers"], *({"mediaType": layer_media, "size": l.size, "digest": l.digest} for l in layers)],
+            }
+            log(f"assembled {len(layers)} layers on {len(base_manifest['layers'])} of the base ({mounted} mounted) "
+                f"in {time.monotonic() - started:.1f}s")
+            with watch.phase("push"):
+                finish_push(pusher, layers, config_blob, manifest, log)
+        log(f"timings: {watch.summary()}")
 
-    def layers(self, recipe: ImageRecipe, own_budget: int, log: Log) -> list[Layer]:
-        """The skeleton, the distributions' layers (cached or made now) and the runtime's."""
+    def layers(
+        self, recipe: ImageRecipe, own_budget: int, log: Log, watch: Stopwatch, ready: Callable[[Layer], None] | None = None
+    ) -> list[Layer]:
+        """The skeleton, the distributions' layers (cached or made now) and the runtime's.
+        `ready` gets each distribution's layer as soon as it is there (to upload it)."""
         python_exe = install.interpreter(recipe.python)
-        pins = install.resolve(recipe.requirements, python_exe, log)
-        platform = sysconfig.get_platform()
-        keys = {pin.name: layer_key("dist", recipe.python, platform, pin.line, pin.hashes) for pin in pins}
-        cached = {pin.name: self.cache.get(keys[pin.name]) for pin in pins}
-        missing = [pin for pin in pins if cached[pin.name] is None]
-        log(f"{len(pins) - len(missing)} of {len(pins)} distribution layers cached")
-        if missing:
-            with tempfile.TemporaryDirectory(prefix="airflow-infra-stage-") as staging:
-                started = time.monotonic()
-                dists = install.install(missing, recipe.python, python_exe, Path(staging), log)
-                installed = time.monotonic()
-                with ThreadPoolExecutor(UPLOAD_THREADS) as pool:  # zlib releases the GIL
-                    made = pool.map(lambda pin: (pin.name, self._dist_layer(pin, dists[pin.name], keys[pin.name])), missing)
-                    cached.update(made)
-                log(f"installed and byte-compiled in {installed - started:.1f}s, layers written in {time.monotonic() - installed:.1f}s")
-        dist_layers = sorted((layer for layer in cached.values() if layer is not None), key=lambda l: (-l.size, l.name))
+        with watch.phase("resolve"):
+            pins = install.resolve(recipe.requirements, python_exe, log)
         budget = own_budget - 2  # the skeleton and the runtime
         if budget < 1:
             raise InfraEnvironmentError(f"the base image has {MAX_LAYERS - own_budget} layers: no room left under {MAX_LAYERS}")
+        if len(pins) > budget:
+            ready = None  # the smallest will share a layer: send only the layers the image holds
+        platform = sysconfig.get_platform()
+        keys = {pin.name: layer_key("dist", recipe.python, platform, pin.line, pin.hashes) for pin in pins}
+        cached = {pin.name: self.cache.get(keys[pin.name]) for pin in pins}
+        missing = {pin.name: pin for pin in pins if cached[pin.name] is None}
+        log(f"{len(pins) - len(missing)} of {len(pins)} distribution layers cached")
+        for layer in cached.values():
+            if layer is not None and ready is not None:
+                ready(layer)
+        if missing:
+            cached.update(self._made(missing, keys, recipe.python, python_exe, log, watch, ready))
+        dist_layers = sorted((layer for layer in cached.values() if layer is not None), key=lambda l: (-l.size, l.name))
         if len(dist_layers) > budget:
             kept, small = dist_layers[: budget - 1], dist_layers[budget - 1 :]
             dist_layers = [*kept, self._merged(small)]
             log(f"{len(small)} smallest distributions share one layer (at most {MAX_LAYERS} layers per image)")
         return [self._skeleton(recipe.python), *dist_layers, self._runtime(recipe)]
 
-    def _dist_layer(self, pin: install.Pin, dist: install.Dist, key: str) -> Layer:
+    def _made(
+        self,
+        missing: dict[str, install.Pin],
+        keys: dict[str, str],
+        python: str,
+        python_exe: str,
+        log: Log,
+        watch: Stopwatch,
+        ready: Callable[[Layer], None] | None,
+    ) -> dict[str, Layer]:
+        """Install the missing distributions; each one's layer is written (and handed to
+        `ready`) while the next ones byte-compile, largest first."""
+
+        def make(dist: install.Dist) -> Layer:
+            layer = self._dist_layer(missing[dist.name], dist, keys[dist.name], watch)
+            dist.entries.clear()  # its .pyc bytes are held until its layer is written, no longer
+            if ready is not None:
+                ready(layer)
+            return layer
+
+        staging = tempfile.TemporaryDirectory(prefix="airflow-infra-stage-")
+        try:
+            dists = install.install(list(missing.values()), python, python_exe, Path(staging.name), log, watch)
+            largest_first = sorted(dists.values(), key=lambda dist: (-dist.unpacked, dist.name))
+            with ThreadPoolExecutor(LAYER_THREADS, thread_name_prefix="layer") as pool:
+                with watch.phase("compile"):
+                    made = {dist.name: pool.submit(make, dist) for dist in install.compiled(python_exe, largest_first)}
+                with watch.phase("layers"):  # what is left to write once everything compiled
+                    return {name: future.result() for name, future in made.items()}
+        finally:
+            with watch.phase("cleanup"):
+                staging.cleanup()
+
+    def _dist_layer(self, pin: install.Pin, dist: install.Dist, key: str, watch: Stopwatch) -> Layer:
         # The name goes into the image's history: never a URL (it may carry credentials).
         name = pin.line if "@" not in pin.line and len(pin.line) < 100 else pin.name
         # A pin without hashes (a local path or URL) may change under the same name: not reused.
         cache = self.cache if pin.hashes else LayerCache(self.cache.root / "uncached")
-        return cache.put(key, dist.entries, name)
+        return cache.put(key, dist.entries, name, watch)
 
     def _merged(self, layers: list[Layer]) -> Layer:
         key = layer_key("merged", [layer.digest for layer in layers])
@@ -191,56 +235,6 @@ def extend_config(base: dict, recipe: ImageRecipe, layers: list[Layer]) -> dict:
         *({"created": EPOCH, "created_by": f"airflow-infra daemonless: {layer.name}"} for layer in layers),
     ]
     return config
-
-
-def push_image(
-    client: RegistryClient,
-    target: ImageRef,
-    base: ImageRef,
-    base_manifest: dict,
-    layers: list[Layer],
-    config: Blob,
-    manifest: dict,
-    log: Log,
-    cache: LayerCache,
-) -> None:
-    """Every blob first, the manifest last. The base's blobs are mounted from its repository;
-    ours are skipped when present, mounted from the repository this host last pushed them
-    to (another environment's, say), else uploaded."""
-    repository = target.repository
-    mounted = 0
-    for layer in base_manifest["layers"]:
-        if client.blob_exists(repository, layer["digest"]):
-            continue
-        if base.repository == repository or not client.mount_blob(repository, layer["digest"], base.repository):
-            raise InfraEnvironmentError(
-                f"the registry did not mount the base layer {layer['digest']} from {base.repository} into {repository}; "
-                "this builder never downloads base layers (check the credentials' pull right on the base's repository)"
-            )
-        mounted += 1
-
-    def upload(blob: Blob) -> int:
-        if client.blob_exists(repository, blob.digest):
-            return 0
-        source = cache.pushed_to(target.host, blob.digest)
-        if source and source != repository and client.mount_blob(repository, blob.digest, source):
-            cache.note_pushed(target.host, blob.digest, repository)
-            return 0
-        client.upload_blob(repository, blob)
-        cache.note_pushed(target.host, blob.digest, repository)
-        return blob.size
-
-    blobs = [Blob(layer.digest, layer.size, path=layer.path) for layer in layers]
-    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
-        sent = list(pool.map(upload, blobs))
-    sent.append(upload(config))
-    uploaded = [size for size in sent if size]
-    body = json.dumps(manifest, separators=(",", ":")).encode()
-    client.put_manifest(repository, target.tag, body, manifest["mediaType"])
-    log(
-        f"pushed {target.host}/{repository}:{target.tag}: {len(uploaded)} blobs uploaded "
-        f"({sum(uploaded) / 2**20:.1f} MiB), {len(sent) - len(uploaded)} present or mounted, {mounted} base layers mounted"
-    )
 
 
 def _base_ref(base_image: str, host: str) -> ImageRef:

@@ -63,6 +63,66 @@ def test_layers_are_byte_identical_whatever_the_files_metadata(tmp_path):
     assert [oct(m.mode) for m in members] == ["0o755", "0o755", "0o644", "0o644"]
 
 
+def _wheel(folder: Path, name: str, modules: dict[str, str]) -> Path:
+    wheel = folder / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in modules.items():
+            zf.writestr(path, text)
+        zf.writestr(f"{name}-1.0.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        zf.writestr(f"{name}-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(f"{name}-1.0.dist-info/RECORD", "")
+    return wheel
+
+
+@pytest.mark.integration
+def test_modules_compile_in_memory_to_final_paths_deterministically(tmp_path):
+    """Unchecked-hash .pyc of the image's Python, naming the final path; not for test suites
+    nor for what does not compile; the same bytes whatever the order of the work."""
+    import importlib.util
+    import marshal
+    import sys
+
+    from airflow_infra.images.daemonless import install
+    from airflow_infra.images.daemonless.timing import Stopwatch
+
+    wheels = {
+        "dlprobe": _wheel(tmp_path, "dlprobe", {
+            "dlprobe/__init__.py": "from dlprobe.mod import VALUE\n",
+            "dlprobe/mod.py": "VALUE = 'x' * 3\n\ndef f():\n    raise ValueError(VALUE)\n",
+            "dlprobe/broken.py": "def (:\n",
+            "dlprobe/tests/test_mod.py": "def test():\n    pass\n",
+        }),
+        "dlother": _wheel(tmp_path, "dlother", {f"dlother/m{i}.py": f"X = {i}\n" for i in range(40)}),
+    }
+    pins = [install.Pin(f"{name} @ {wheel.as_uri()}", name, ()) for name, wheel in wheels.items()]
+    python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    site = install.site_packages(python)
+
+    def pycs(order: list[str]) -> dict[str, bytes]:
+        staging = tmp_path / f"stage-{'-'.join(order)}"
+        dists = install.install(pins, python, sys.executable, staging, lambda _: None, Stopwatch())
+        assert not any("/tests/" in final for final, _, _ in dists["dlprobe"].compile)
+        done = list(install.compiled(sys.executable, [dists[name] for name in order]))
+        assert [dist.name for dist in done] == order
+        return {e.path: e.data for dist in done for e in dist.entries if e.path.endswith(".pyc")}
+
+    first, second = pycs(["dlprobe", "dlother"]), pycs(["dlother", "dlprobe"])
+    assert first == second  # same bytes, whatever the order
+    tag = f"cpython-{python.replace('.', '')}"
+    probe = {path.removeprefix(f"{site}/") for path in first if "/dlprobe/" in path}
+    assert probe == {f"dlprobe/__pycache__/__init__.{tag}.pyc", f"dlprobe/__pycache__/mod.{tag}.pyc"}  # not broken, not tests
+    assert len(first) == 2 + 40
+    pyc = first[f"{site}/dlprobe/__pycache__/mod.{tag}.pyc"]
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER and int.from_bytes(pyc[4:8], "little") == 0b01  # unchecked hash
+    source = (b"VALUE = 'x' * 3\n\ndef f():\n    raise ValueError(VALUE)\n")
+    assert pyc[8:16] == importlib.util.source_hash(source)
+    code = marshal.loads(pyc[16:])
+    assert code.co_filename == f"{site}/dlprobe/mod.py"
+    namespace: dict = {}
+    exec(code, namespace)
+    assert namespace["VALUE"] == "xxx"
+
+
 def test_requirement_options_are_refused():
     for text in ("six\n--index-url https://user:secret@example.invalid/simple\n", "-r other.txt\n", "-e ./src\n"):
         with pytest.raises(InfraSpecError, match=r"line \d+: the option '-"):
@@ -248,9 +308,13 @@ def test_a_failed_push_leaves_no_tag(config, monkeypatch):
 def test_layer_budget_merges_the_smallest_distributions(config, monkeypatch, tmp_path):
     monkeypatch.setattr(daemonless, "MAX_LAYERS", 5)
     logs: list[str] = []
+    uploads = Uploads(monkeypatch)
     plan = build(config, ["tqdm==4.66.4", "six==1.16.0"], logs)  # 3 distributions with cloudpickle
     assert len(layer_digests(plan.reference)) == 5
     assert any("2 smallest distributions share one layer" in line for line in logs)
+    # Layers go up as they are written, except when some will be merged: then only the image's.
+    manifest = manifest_of(plan.reference)
+    assert sorted(uploads.digests) == sorted([*layer_digests(plan.reference)[1:], manifest["config"]["digest"]])
 
     def imports() -> list[str]:
         import cloudpickle
@@ -349,6 +413,24 @@ def test_daemonless_images_run_as_pods(dags, docker_yaml, moto_s3, fake_kube, ba
     assert run.succeeded, run.output[-5000:]
     stored = Client(moto_s3).run("infra_images", run.run_id)
     assert {stored[f"a_{i}"].target for i in range(3)} == {"k8s"}
+    assert [stored[f"a_{i}"].result for i in range(3)] == ["1.16.0"] * 3
+    assert [stored[f"b_{i}"].result for i in range(2)] == ["1.17.0"] * 2
+    assert "with the 'daemonless' builder" in run.output
+
+
+@pytest.mark.integration
+def test_daemonless_images_run_as_batch_jobs(dags, docker_yaml, moto_s3, batch_queue, base_in_registry):
+    """Through the real BatchOperator against moto, whose Batch pulls the daemonless-built
+    images from the registry and runs each job as a container of them on the engine."""
+    docker_yaml(
+        f"  gpu: {{kind: batch, job_queue: {batch_queue}, region: us-east-1, pass_credentials: true, poll_interval: 1}}\n"
+        f"builder: daemonless\nbase_image: {BASE}\nartifacts: {moto_s3}\nrules:\n  - {{target: gpu}}\n",
+        namespace="-dlbatch",
+    )
+    run = dags.test("infra_images")
+    assert run.succeeded, run.output[-5000:]
+    stored = Client(moto_s3).run("infra_images", run.run_id)
+    assert {stored[f"a_{i}"].target for i in range(3)} | {stored[f"b_{i}"].target for i in range(2)} == {"gpu"}
     assert [stored[f"a_{i}"].result for i in range(3)] == ["1.16.0"] * 3
     assert [stored[f"b_{i}"].result for i in range(2)] == ["1.17.0"] * 2
     assert "with the 'daemonless' builder" in run.output

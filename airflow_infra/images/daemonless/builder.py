@@ -98,10 +98,9 @@ class DaemonlessBuilder:
                 "config": {"mediaType": config_media, "size": config_blob.size, "digest": config_blob.digest},
                 "layers": [*base_manifest["layers"], *({"mediaType": layer_media, "size": l.size, "digest": l.digest} for l in layers)],
             }
-            log(f"assembled {len(layers)} layers on {len(base_manifest['layers'])} of the base ({mounted} mounted) "
-                f"in {time.monotonic() - started:.1f}s")
+            log(f"assembled {len(layers)} layers on {len(base_manifest['layers'])} of the base in {time.monotonic() - started:.1f}s")
             with watch.phase("push"):
-                finish_push(pusher, layers, config_blob, manifest, log)
+                finish_push(pusher, layers, config_blob, manifest, mounted, log)
         log(f"timings: {watch.summary()}")
 
     def layers(

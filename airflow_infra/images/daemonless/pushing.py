@@ -87,7 +87,7 @@ def mount_base(client: RegistryClient, base: ImageRef, base_manifest: dict, repo
     return mounted
 
 
-def finish_push(pusher: BlobPusher, layers: list[Layer], config: Blob, manifest: dict, log: Log) -> None:
+def finish_push(pusher: BlobPusher, layers: list[Layer], config: Blob, manifest: dict, base_mounted: int, log: Log) -> None:
     """The image's blobs not submitted yet, every upload waited for, then the manifest."""
     target = pusher.target
     for layer in layers:
@@ -99,5 +99,5 @@ def finish_push(pusher: BlobPusher, layers: list[Layer], config: Blob, manifest:
     pusher.client.put_manifest(target.repository, target.tag, body, manifest["mediaType"])
     log(
         f"pushed {target.host}/{target.repository}:{target.tag}: {len(uploaded)} blobs uploaded "
-        f"({sum(uploaded) / 2**20:.1f} MiB), {len(sent) - len(uploaded)} present or mounted"
+        f"({sum(uploaded) / 2**20:.1f} MiB), {len(sent) - len(uploaded)} present or mounted, {base_mounted} base layers mounted"
     )

@@ -1,8 +1,11 @@
 """Benchmark: the daemonless builder against the docker builder, build + push, per package set.
 
 For each set (numpy+pandas, and a data-science set of about 28 distributions):
-- cold: nothing cached (docker: no image, no build cache, uv downloads inside the build;
-  daemonless: empty uv cache and empty layer cache), into an empty registry namespace;
+- cold: nothing cached (docker: no image of the recipe, no build cache, so uv downloads
+  everything inside the build; daemonless: an empty uv cache and an empty layer cache), into
+  an empty registry namespace (both mount or find the base's layers there); the modules
+  either builder imports (docker's client, Airflow's configuration) are loaded beforehand,
+  as on a worker;
 - warm: daemonless with its layer cache into another empty namespace (time to assemble
   the image, then the upload), docker with its build cache;
 - one package added to the set: time and bytes pushed by each;
@@ -104,6 +107,9 @@ def run_set(name: str, packages: list[str], scratch: Path, show_breakdown: bool)
     docker_cfg = InfraConfig(registry=f"{ns}-docker", builder="docker", base_image=BASE, ca_certificates=certs)
     dl_cfg = InfraConfig(registry=f"{ns}-daemonless", builder="daemonless", base_image=BASE, ca_certificates=certs)
     client = builders.docker_client()
+    # What a worker has loaded before it builds (the daemonless builder reads Airflow's
+    # configuration: a first import costs seconds), so that neither timing includes it.
+    builders.get_builder("daemonless")
     # Docker, cold: no image of this recipe, no build cache.
     plan = plan_image(Environment(packages=packages), None, docker_cfg)
     for image in client.images.list(filters={"label": f"org.airflow-infra.content-hash={plan.recipe.content_hash}"}):

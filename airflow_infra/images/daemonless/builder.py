@@ -12,6 +12,10 @@ node already pulled for a sibling it does not pull again). Each finished layer i
 on disk under a key of everything that decides its bytes; a build of cached packages is
 assembly and upload only. Blobs go first, the manifest (which makes the tag exist) last,
 so a failed push never leaves a tag pointing at a partial image.
+
+A cold build is a pipeline: modules compile largest distribution first, and each
+distribution's layer is written, then uploaded, while the next ones compile (on two cores,
+compilation was most of the time; compression and upload now hide behind it).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import hashlib
 import json
 import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -88,16 +93,7 @@ class DaemonlessBuilder:
         with BlobPusher(client, target, self.cache, watch) as pusher:
             mounted = mount_base(client, base, base_manifest, target.repository)
             layers = self.layers(recipe, own_budget, log, watch, ready=pusher.submit_layer)
-            config = extend_config(base_config, recipe, layers)
-            config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
-            config_media, layer_media = MEDIA[media_type]
-            config_blob = Blob("sha256:" + hashlib.sha256(config_bytes).hexdigest(), len(config_bytes), data=config_bytes)
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": media_type,
-                "config": {"mediaType": config_media, "size": config_blob.size, "digest": config_blob.digest},
-                "layers": [*base_manifest["layers"], *({"mediaType": layer_media, "size": l.size, "digest": l.digest} for l in layers)],
-            }
+            config_blob, manifest = image_manifest(extend_config(base_config, recipe, layers), base_manifest, media_type, layers)
             log(f"assembled {len(layers)} layers on {len(base_manifest['layers'])} of the base in {time.monotonic() - started:.1f}s")
             with watch.phase("push"):
                 finish_push(pusher, layers, config_blob, manifest, mounted, log)
@@ -163,8 +159,10 @@ class DaemonlessBuilder:
                 with watch.phase("layers"):  # what is left to write once everything compiled
                     return {name: future.result() for name, future in made.items()}
         finally:
-            with watch.phase("cleanup"):
-                staging.cleanup()
+            # Unlinking thousands of staged files takes about a second on a busy disk, and the
+            # image does not wait for it: it goes on in the background (a non-daemon thread:
+            # the interpreter lets it finish before it exits).
+            threading.Thread(target=staging.cleanup, name="staging-cleanup").start()
 
     def _dist_layer(self, pin: install.Pin, dist: install.Dist, key: str, watch: Stopwatch) -> Layer:
         # The name goes into the image's history: never a URL (it may carry credentials).
@@ -234,6 +232,20 @@ def extend_config(base: dict, recipe: ImageRecipe, layers: list[Layer]) -> dict:
         *({"created": EPOCH, "created_by": f"airflow-infra daemonless: {layer.name}"} for layer in layers),
     ]
     return config
+
+
+def image_manifest(config: dict, base_manifest: dict, media_type: str, layers: list[Layer]) -> tuple[Blob, dict]:
+    """The config as a blob, and the manifest: the base's layers, then ours."""
+    config_bytes = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    config_media, layer_media = MEDIA[media_type]
+    config_blob = Blob("sha256:" + hashlib.sha256(config_bytes).hexdigest(), len(config_bytes), data=config_bytes)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": {"mediaType": config_media, "size": config_blob.size, "digest": config_blob.digest},
+        "layers": [*base_manifest["layers"], *({"mediaType": layer_media, "size": l.size, "digest": l.digest} for l in layers)],
+    }
+    return config_blob, manifest
 
 
 def _base_ref(base_image: str, host: str) -> ImageRef:

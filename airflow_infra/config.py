@@ -171,6 +171,12 @@ class InfraConfig(BaseModel):
         return out
 
     @model_validator(mode="after")
+    def _daemonless_needs_registry(self) -> InfraConfig:
+        if self.builder == "daemonless" and not self.registry:
+            raise ValueError("builder: daemonless pushes straight to a registry; set `registry` (e.g. 127.0.0.1:5000/ml)")
+        return self
+
+    @model_validator(mode="after")
     def _builtin_local_and_rule_targets(self) -> InfraConfig:
         if LOCAL not in self.targets:
             object.__setattr__(self, "targets", {**self.targets, LOCAL: LocalTarget()})
@@ -304,3 +310,11 @@ def env_cache_dir() -> Path:
 
     configured = conf.get("infra", "env_cache_dir", fallback="")
     return Path(configured) if configured else Path(AIRFLOW_HOME) / "infra" / "envs"
+
+
+def layer_cache_dir() -> Path:
+    """Where the daemonless builder keeps finished layers: `[infra] layer_cache_dir`."""
+    from airflow.configuration import AIRFLOW_HOME, conf
+
+    configured = conf.get("infra", "layer_cache_dir", fallback="")
+    return Path(configured) if configured else Path(AIRFLOW_HOME) / "infra" / "layers"

@@ -33,6 +33,14 @@ def get_provider_info() -> dict:
                         "example": "/var/cache/airflow-infra/envs",
                         "default": "",
                     },
+                    "layer_cache_dir": {
+                        "description": "Where the daemonless builder keeps finished image layers, one per "
+                        "installed distribution. Empty means $AIRFLOW_HOME/infra/layers.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/var/cache/airflow-infra/layers",
+                        "default": "",
+                    },
                 },
             }
         },

@@ -1,10 +1,12 @@
-"""Builders turn a recipe into an image at a reference. Callers only use `get_builder(name)`.
+"""Builders make a recipe's image exist at a reference. Callers only use `get_builder(name)`.
 
-`docker` builds on the local engine with the docker SDK (output streamed into the log)
-and pushes when the reference names a registry; `none` builds nothing, for deployments
-where CI builds images (`airflow-infra build`) and workers must not. A new builder (an
-in-cluster one, say) is a class with `build` and `push`, registered under the entry
-point group `airflow_infra.builders`.
+One verb, `publish`: build and, with a registry, push (for `daemonless` building and
+pushing are one step). `docker` builds on the local engine with the docker SDK (output
+streamed into the log) and pushes with it; `daemonless` (images/daemonless/) assembles the
+image on the host and pushes it over the registry's API, no engine needed; `none` builds
+nothing, for deployments where CI builds images (`airflow-infra build`) and workers must
+not. A new builder (an in-cluster one, say) is a class with `publish`, registered under
+the entry point group `airflow_infra.builders`.
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ Log = Callable[[str], None]
 
 
 class Builder(Protocol):
-    def build(self, recipe: ImageRecipe, reference: str, log: Log) -> None: ...
-
-    def push(self, reference: str, credentials: Credentials | None, log: Log) -> None: ...
+    def publish(self, recipe: ImageRecipe, reference: str, log: Log, *, registry: bool, credentials: Credentials | None) -> None:
+        """Make the image exist at `reference`: in the registry it names when `registry`, else locally."""
 
 
 def docker_client():
@@ -38,7 +39,12 @@ def docker_client():
 
 
 class DockerBuilder:
-    def build(self, recipe: ImageRecipe, reference: str, log: Log) -> None:
+    def publish(self, recipe: ImageRecipe, reference: str, log: Log, *, registry: bool, credentials: Credentials | None) -> None:
+        self._build(recipe, reference, log)
+        if registry:
+            self._push(reference, credentials, log)
+
+    def _build(self, recipe: ImageRecipe, reference: str, log: Log) -> None:
         client = docker_client()
         lines: list[str] = []
         stream = client.api.build(
@@ -61,7 +67,7 @@ class DockerBuilder:
                 tail = "\n".join(lines[-15:])
                 raise InfraEnvironmentError(f"building {reference} failed: {chunk['error'].strip()}\n{tail}")
 
-    def push(self, reference: str, credentials: Credentials | None, log: Log) -> None:
+    def _push(self, reference: str, credentials: Credentials | None, log: Log) -> None:
         repository, _, tag = reference.rpartition(":")
         auth = credentials.auth_config() if credentials else None
         last = ""
@@ -77,17 +83,20 @@ class DockerBuilder:
 class NoBuilder:
     """`builder: none`: images must exist already."""
 
-    def build(self, recipe: ImageRecipe, reference: str, log: Log) -> None:
+    def publish(self, recipe: ImageRecipe, reference: str, log: Log, *, registry: bool, credentials: Credentials | None) -> None:
         raise InfraEnvironmentError(
             f"image {reference} does not exist and builder is 'none'; build it first with "
-            "`airflow-infra build DAG_FILE` (e.g. in CI), or set builder: docker in infra.yaml"
+            "`airflow-infra build DAG_FILE` (e.g. in CI), or set builder: docker (or daemonless) in infra.yaml"
         )
 
-    def push(self, reference: str, credentials: Credentials | None, log: Log) -> None:
-        raise InfraEnvironmentError(f"builder 'none' cannot push {reference}")
+
+def _daemonless() -> Builder:
+    from airflow_infra.images.daemonless.builder import DaemonlessBuilder
+
+    return DaemonlessBuilder()
 
 
-BUILDERS: dict[str, type] = {"docker": DockerBuilder, "none": NoBuilder}
+BUILDERS: dict[str, Callable[[], Builder]] = {"docker": DockerBuilder, "daemonless": _daemonless, "none": NoBuilder}
 
 
 def builder_names() -> set[str]:

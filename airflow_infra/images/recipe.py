@@ -23,6 +23,7 @@ from pathlib import Path
 
 from airflow_infra import runtime
 from airflow_infra.envbuild import RECIPE_VERSION
+from airflow_infra.errors import InfraSpecError
 from airflow_infra.spec import Environment
 
 REPOSITORY = "airflow-infra-env"
@@ -122,6 +123,18 @@ def _uv_version() -> str:
         return "unknown"
 
 
+def check_requirements_text(text: str) -> None:
+    """Requirement lines only: options (`--index-url`, `-r`, `-e`, ...) would reach the build
+    (and be baked into the image) unchecked; indexes come from the build host's configuration."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip().startswith("-"):
+            option = line.strip().split()[0].split("=")[0]
+            raise InfraSpecError(
+                f"requirements file, line {number}: the option {option!r} is not accepted; give one requirement "
+                "per line (package indexes come from the build host's pip/uv configuration)"
+            )
+
+
 def make_recipe(
     environment: Environment,
     *,
@@ -134,6 +147,7 @@ def make_recipe(
 
     lines = [*runtime_requirements(), *extra_requirements, *environment.packages]
     if requirements_text:
+        check_requirements_text(requirements_text)
         lines += ["", "# from the task's requirements file", requirements_text.strip()]
     certificates = b"".join(Path(path).read_bytes().rstrip() + b"\n" for path in ca_certificate_files)
     return ImageRecipe(

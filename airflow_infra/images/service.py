@@ -41,7 +41,7 @@ def store_requirements(config: InfraConfig) -> list[str]:
 
 
 def image_exists(reference: str, config: InfraConfig) -> bool:
-    """With a registry: one HEAD on the manifest (no pull). Without: the local engine's images."""
+    """With a registry: one HEAD on the manifest (no pull, no Docker). Without: the local engine's images."""
     if config.registry:
         ref = ImageRef.parse(reference)
         return manifest_exists(reference, credentials(ref.host, config.registry_conn_id))
@@ -61,9 +61,7 @@ def ensure_image(plan: ImagePlan, config: InfraConfig, log: Callable[[str], None
     builder = get_builder(config.builder)
     started = time.monotonic()
     log(f"building {plan.reference} with the {config.builder!r} builder")
-    builder.build(plan.recipe, plan.reference, log)
-    if config.registry:
-        ref = ImageRef.parse(plan.reference)
-        builder.push(plan.reference, credentials(ref.host, config.registry_conn_id), log)
+    creds = credentials(ImageRef.parse(plan.reference).host, config.registry_conn_id) if config.registry else None
+    builder.publish(plan.recipe, plan.reference, log, registry=bool(config.registry), credentials=creds)
     log(f"image {plan.reference} ready in {time.monotonic() - started:.1f}s")
     return True

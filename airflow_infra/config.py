@@ -312,6 +312,13 @@ def env_cache_dir() -> Path:
     return Path(configured) if configured else Path(AIRFLOW_HOME) / "infra" / "envs"
 
 
+def lock_dir() -> Path:
+    """Where workers of this machine take turns (building one image): `$AIRFLOW_HOME/infra/locks`."""
+    from airflow.configuration import AIRFLOW_HOME
+
+    return Path(AIRFLOW_HOME) / "infra" / "locks"
+
+
 def layer_cache_dir() -> Path:
     """Where the daemonless builder keeps finished layers: `[infra] layer_cache_dir`."""
     from airflow.configuration import AIRFLOW_HOME, conf

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -200,7 +201,7 @@ def run_in_image(reference: str, fn, tmp_path: Path) -> dict:
     """The image's own entrypoint (the runtime) runs a call as uid 1000, as a docker target would."""
     folder = tmp_path / "call"
     folder.mkdir()
-    (folder / "call.pkl").write_bytes(dumps_call(fn, [], {}, modules=[], xcom_max_bytes=1 << 20))
+    (folder / "call.pkl").write_bytes(dumps_call(fn, [], {}, roots=[], xcom_max_bytes=1 << 20)[0])
     folder.chmod(0o777)
     proc = subprocess.run(
         ["docker", "run", "--rm", "--network", "host", "--user", "1000:1000", "-v", f"{folder}:/call",
@@ -434,3 +435,24 @@ def test_daemonless_images_run_as_batch_jobs(dags, docker_yaml, moto_s3, batch_q
     assert [stored[f"a_{i}"].result for i in range(3)] == ["1.16.0"] * 3
     assert [stored[f"b_{i}"].result for i in range(2)] == ["1.17.0"] * 2
     assert "with the 'daemonless' builder" in run.output
+
+
+@pytest.mark.integration
+def test_two_workers_needing_the_same_missing_image_build_it_once(config, tmp_path):
+    """Two processes of this machine (two Celery workers, say) reach ensure_image at once:
+    one builds, the other waits on the build lock and then finds the image."""
+    code = (
+        "import sys; from airflow_infra import Environment; from airflow_infra.config import InfraConfig; "
+        "from airflow_infra.images.service import ensure_image, plan_image; "
+        f"config = InfraConfig(registry={config.registry!r}, builder='daemonless', base_image={BASE!r}); "
+        "plan = plan_image(Environment(packages=['six==1.16.0']), None, config); "
+        "print('BUILT' if ensure_image(plan, config, lambda line: None) else 'FOUND')"
+    )
+    env = {**os.environ, "AIRFLOW__INFRA__LAYER_CACHE_DIR": str(tmp_path / "layers")}
+    workers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    answers = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+        answers.append(out.strip().splitlines()[-1])
+    assert sorted(answers) == ["BUILT", "FOUND"]

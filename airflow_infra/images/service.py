@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from airflow_infra.config import InfraConfig
@@ -55,9 +56,35 @@ def image_exists(reference: str, config: InfraConfig) -> bool:
 
 
 def ensure_image(plan: ImagePlan, config: InfraConfig, log: Callable[[str], None]) -> bool:
-    """Build (and push) the image unless it exists. Returns whether it was built now."""
+    """Build (and push) the image unless it exists. Returns whether it was built now.
+
+    Builders of one image on this machine take turns under a file lock, and each asks again
+    once it holds it: two workers needing the same missing image build it once. Across
+    machines the registry arbitrates: the tag is the content hash, so a second build pushes
+    the same environment under the same tag, and nothing is left half-tagged."""
     if image_exists(plan.reference, config):
         return False
+    with _build_lock(plan.recipe.tag):
+        if image_exists(plan.reference, config):
+            log(f"image {plan.reference} was built by another worker meanwhile")
+            return False
+        return _build(plan, config, log)
+
+
+@contextmanager
+def _build_lock(tag: str) -> Iterator[None]:
+    import fcntl
+
+    from airflow_infra.config import lock_dir
+
+    folder = lock_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"image-{tag}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        yield
+
+
+def _build(plan: ImagePlan, config: InfraConfig, log: Callable[[str], None]) -> bool:
     builder = get_builder(config.builder)
     started = time.monotonic()
     log(f"building {plan.reference} with the {config.builder!r} builder")

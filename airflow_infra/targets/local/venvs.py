@@ -69,7 +69,7 @@ def ensure_env(
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise
-        manifest = {"key": key, "environment": environment.model_dump(mode="json"), "requirements": requirements_text}
+        manifest = {"key": key, "environment": environment.model_dump(mode="json", exclude={"env"}), "requirements": requirements_text}
         (root / "airflow-infra-env.json").write_text(json.dumps(manifest, indent=1))
         (root / READY).write_text(f"{time.time()}\n")
         log(f"environment {key} built in {time.monotonic() - started:.1f}s")

@@ -32,6 +32,15 @@ os.environ.update(
 )
 os.environ.pop("AIRFLOW_INFRA_TARGET", None)
 
+# Secrets planted for the whole session (tests/test_zz_planted_secrets.py looks for them in
+# every layer the suite pushed and in the artifact store): one in the workers' environment,
+# where a builder must never pick it up, and one a test DAG passes as a task's env value
+# (tests/dags/infra_docker_limits.py) from an Airflow variable, so it is in no DAG source.
+PLANTED_WORKER_SECRET = f"planted-worker-{os.urandom(6).hex()}"
+PLANTED_ENV_VALUE = f"planted-env-{os.urandom(6).hex()}"
+os.environ["AIRFLOW_INFRA_TEST_WORKER_SECRET"] = PLANTED_WORKER_SECRET
+os.environ["AIRFLOW_VAR_PLANTED_API_TOKEN"] = PLANTED_ENV_VALUE  # an Airflow variable the DAG's env renders
+
 DAGS.mkdir(parents=True)
 for source in [*(REPO / "dags_examples").glob("*.py"), *(REPO / "tests" / "dags").iterdir()]:
     if source.name != "__pycache__":

@@ -81,6 +81,7 @@ def test_docker_target_limits_and_clean_image(dags, docker_yaml):
     assert "task 'oom': out of memory: the task hit its memory limit of 128Mi" in run.output
     who = run.result("whoami")
     assert who["airflow"] is False and who["env"] == []  # no Airflow, no settings or secrets inside
+    assert who["token_arrived"] is True
     import os
 
     assert who["uid"] == os.getuid()  # outputs are written as the worker's user

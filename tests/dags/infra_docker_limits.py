@@ -21,7 +21,8 @@ def infra_docker_limits():
         blocks = [bytearray(32 << 20) for _ in range(20)]  # 640 MiB, touched
         return len(blocks)
 
-    @infra_task
+    # A planted secret (tests/conftest.py): it reaches the call, and no layer or stored file.
+    @infra_task(env={"API_TOKEN": "{{ var.value.planted_api_token }}"})
     def whoami() -> dict:
         import importlib.util
         import os
@@ -30,6 +31,7 @@ def infra_docker_limits():
             "uid": os.getuid(),
             "airflow": importlib.util.find_spec("airflow") is not None,
             "env": sorted(k for k in os.environ if k.startswith(("AIRFLOW", "AWS"))),
+            "token_arrived": os.environ.get("API_TOKEN", "").startswith("planted-env-"),
         }
 
     @infra_task

@@ -25,13 +25,22 @@ from airflow_infra.targets.local import LocalTarget
 # the worker, and fsspec's in-process memory store (one `airflow dags test`: for tests). An
 # Airflow connection goes in the URL as s3://CONN_ID@bucket/path.
 ARTIFACT_SCHEMES = ("file", "s3", "gs", "abfs", "memory")
-_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*\Z")
+_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(?::([0-9]{1,5}))?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*\Z")
 
 
 def check_registry(value: str | None) -> str | None:
-    if value is not None and not _REGISTRY.match(value):
+    match = _REGISTRY.match(value) if value is not None else None
+    if value is not None and (not match or int(match.group(1) or 0) > 65535):
         raise ValueError(f"{value!r} is not a registry such as '127.0.0.1:5000/ml' or 'ghcr.io/org'")
     return value
+
+
+def check_url_template(value: str | None, *names: str) -> str | None:
+    """A link template: an http(s) URL (the UI renders it as a link: no javascript: or data:)
+    using only the named placeholders."""
+    if value is not None and not re.match(r"https?://[^\s/]+", value):
+        raise ValueError(f"{value!r} must be an http:// or https:// URL")
+    return check_template(value, *names)
 
 
 def check_template(value: str | None, *names: str) -> str | None:
@@ -92,7 +101,8 @@ class InfraConfig(BaseModel):
     image_url: str | None = None
     # Results whose pickle is at most this many bytes, and made of plain Python values, also
     # go to XCom as values; anything else goes as a reference into the artifact store.
-    xcom_max_bytes: int = Field(default=64 * 1024, ge=0)
+    # At most 16 MiB: XCom lives in the metadata database.
+    xcom_max_bytes: int = Field(default=64 * 1024, ge=0, le=16 * 2**20, strict=True)
     # name -> a target of a registered kind, validated by that kind's schema (airflow_infra.targets).
     targets: dict[str, TargetConfig] = {}
     rules: list[Rule] = []
@@ -136,7 +146,7 @@ class InfraConfig(BaseModel):
     @field_validator("image_url")
     @classmethod
     def _image_url(cls, value: str | None) -> str | None:
-        return check_template(value, "reference", "registry", "repository", "tag")
+        return check_url_template(value, "reference", "registry", "repository", "tag")
 
     @field_validator("base_image")
     @classmethod
@@ -182,6 +192,9 @@ class InfraConfig(BaseModel):
             object.__setattr__(self, "targets", {**self.targets, LOCAL: LocalTarget()})
         elif not isinstance(self.targets[LOCAL], LocalTarget):
             raise ValueError("the name 'local' is reserved for a target of kind local")
+        catch_all = next((i for i, rule in enumerate(self.rules, 1) if rule.when is None), None)
+        if catch_all is not None and catch_all < len(self.rules):
+            raise ValueError(f"rule {catch_all} matches every task (no `when`), so the rules after it never match: make it the last")
         for i, rule in enumerate(self.rules, 1):
             if rule.target not in self.targets:
                 raise ValueError(f"rule {i} sends tasks to {rule.target!r}, which is not among targets: {sorted(self.targets)}")

@@ -136,7 +136,7 @@ class _Parser:
             return ("cmp", field, op, raw)
         try:
             return ("cmp", field, op, _NUMERIC[field](raw))
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             raise RuleSyntaxError(f"bad value for {field}: {exc}") from None
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from airflow_infra.targets.contract import TargetConfig, TargetKind
 
@@ -29,6 +30,25 @@ class BatchTarget(TargetConfig):
     # Hand the connection's keys to the job as environment variables. Only for local test
     # set-ups (moto); real jobs get credentials from job_role_arn.
     pass_credentials: bool = False
+
+    @field_validator("job_queue")
+    @classmethod
+    def _job_queue(cls, value: str) -> str:
+        if not (_NAME.fullmatch(value) or _ARN.fullmatch(value)):
+            raise ValueError(f"{value!r} is not a job queue name (letters, digits, '-', '_', at most 128) or ARN")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not _REGION.fullmatch(value):
+            raise ValueError(f"{value!r} is not an AWS region such as 'us-east-1'")
+        return value
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_ARN = re.compile(r"arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-queue/[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]")
 
 
 KIND = TargetKind(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from airflow_infra.config import check_registry, check_template
+from airflow_infra.config import check_registry, check_url_template
 from airflow_infra.targets.contract import TargetConfig, TargetKind
 
 
@@ -19,6 +20,11 @@ class GpuPlacement(BaseModel):
     node_selector: dict[str, str] = {}
     tolerations: list[dict[str, Any]] = []
 
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL_KEY = re.compile(r"((?=.{1,253}/)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 # Pods run as a non-root user unless the target says otherwise (runtime.py needs no root).
 DEFAULT_POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000}
@@ -63,14 +69,44 @@ class KubernetesTarget(TargetConfig):
     @field_validator("namespace")
     @classmethod
     def _dns_label(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+        if not _DNS_LABEL.fullmatch(value):
             raise ValueError(f"{value!r} is not a Kubernetes namespace name (lowercase letters, digits, '-')")
+        return value
+
+    @field_validator("service_account")
+    @classmethod
+    def _service_account(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS_SUBDOMAIN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a service account name (lowercase letters, digits, '-', '.')")
+        return value
+
+    @field_validator("image_pull_secrets")
+    @classmethod
+    def _secret_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _DNS_SUBDOMAIN.fullmatch(name):
+                raise ValueError(f"{name!r} is not a Secret name (lowercase letters, digits, '-', '.')")
+        return value
+
+    @field_validator("labels", "node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(label):
+                raise ValueError(f"{key!r}: {label!r} is not a Kubernetes label (key [prefix/]name, value of 63 characters at most)")
+        return value
+
+    @field_validator("pod_template_file")
+    @classmethod
+    def _template_file(cls, value: str | None) -> str | None:
+        if value is not None and not (value.startswith("/") and Path(value).is_file()):
+            raise ValueError(f"{value!r} is not an absolute path to a pod template file on this machine")
         return value
 
     @field_validator("dashboard_url")
     @classmethod
     def _dashboard_url(cls, value: str | None) -> str | None:
-        return check_template(value, "namespace", "name")
+        return check_url_template(value, "namespace", "name")
 
     @field_validator("pull_registry")
     @classmethod

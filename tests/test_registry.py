@@ -75,3 +75,16 @@ def test_credentials_from_an_airflow_connection(monkeypatch):
 def test_references_need_a_registry_host(bad):
     with pytest.raises(ValueError):
         ImageRef.parse(bad)
+
+
+@pytest.mark.parametrize("builder", ["docker", "daemonless"])
+def test_a_registry_that_is_down_is_one_clear_error(builder, tmp_path):
+    from airflow_infra import Environment
+    from airflow_infra.config import InfraConfig
+    from airflow_infra.errors import InfraEnvironmentError
+    from airflow_infra.images.service import ensure_image, plan_image
+
+    config = InfraConfig(registry="127.0.0.1:1/ml", builder=builder)  # nothing listens on port 1
+    plan = plan_image(Environment(packages=["six"]), None, config)
+    with pytest.raises(InfraEnvironmentError, match=r"the registry 127.0.0.1:1 cannot be reached \(.*refused.*\).*is it up\?"):
+        ensure_image(plan, config, lambda line: None)

@@ -13,6 +13,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+from airflow_infra.errors import InfraEnvironmentError
+
 _ECR = re.compile(r"^\d{12}\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?\Z")
 MANIFEST_TYPES = ", ".join(
     [
@@ -90,7 +92,10 @@ def manifest_exists(reference: str, creds: Credentials | None = None, timeout: f
             if exc.code == 401 and challenge.lower().startswith("bearer"):
                 headers["Authorization"] = "Bearer " + _bearer_token(challenge, creds, timeout)
                 continue
-            raise
+            raise InfraEnvironmentError(f"the registry {ref.host} answered HTTP {exc.code} asking for {reference}") from None
+        except (urllib.error.URLError, OSError) as exc:  # refused, unreachable, timed out, TLS
+            reason = getattr(exc, "reason", exc)
+            raise InfraEnvironmentError(f"the registry {ref.host} cannot be reached ({reason}) asking for {reference}; is it up?") from None
     return False
 
 

@@ -456,3 +456,21 @@ def test_two_workers_needing_the_same_missing_image_build_it_once(config, tmp_pa
         assert worker.returncode == 0, err[-3000:]
         answers.append(out.strip().splitlines()[-1])
     assert sorted(answers) == ["BUILT", "FOUND"]
+
+
+@pytest.mark.integration
+def test_airflow_infra_build_with_no_docker_engine(infra_yaml, base_in_registry, tmp_path):
+    """The CI/CD step on a runner without an engine: `airflow-infra build` with builder: daemonless."""
+    registry = f"{base_in_registry}-dlcli"
+    infra_yaml(f"registry: {registry}\nbuilder: daemonless\nbase_image: {BASE}\ntargets:\n  docker: {{kind: docker}}\nrules:\n  - {{target: docker}}\n")
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock", "AIRFLOW__INFRA__LAYER_CACHE_DIR": str(tmp_path / "layers")}
+    dag_file = str(REPO / "tests" / "dags" / "infra_images.py")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "airflow_infra.cli", *args, dag_file], capture_output=True, text=True, timeout=900, env=env)
+
+    first = cli("build")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    assert "images: 2 built, 0 already present, 0 failed" in first.stdout
+    plan = cli("plan")
+    assert plan.returncode == 0 and plan.stdout.count("(exists)") == 5, plan.stdout

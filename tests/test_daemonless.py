@@ -360,7 +360,12 @@ def test_credentials_in_a_package_url_reach_no_layer(config, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://someone:s3cr3t-t0ken@127.0.0.1:{server.server_port}/{wheel.name}"
-        plan = build(config, [f"infra-probe @ {url}"])
+        with pytest.raises(ValueError, match="credentials in its URL"):  # a declaration never gets this far
+            Environment(packages=[f"infra-probe @ {url}"])
+        # The builder's own defence, for a requirement that did (a plug-in's, say): built
+        # from an unvalidated environment, the credentials still reach no layer.
+        plan = plan_image(Environment.model_construct(packages=(f"infra-probe @ {url}",)), None, config)
+        assert ensure_image(plan, config, lambda line: None) is True
     finally:
         server.shutdown()
     host, _, rest = plan.reference.partition("/")

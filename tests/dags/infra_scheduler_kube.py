@@ -11,7 +11,13 @@ from airflow_infra import infra_task
 def infra_scheduler_kube():
     @infra_task(target="k8s", memory="256Mi")
     def square(x: int) -> int:
+        import time
+
         print(f"squaring {x} in a pod", flush=True)
+        # Longer than a loaded worker takes to exit after deferring: when the trigger fires
+        # before the scheduler has seen that exit, LocalExecutor's "success" for the deferring
+        # workload meets a re-queued task and Airflow fails it ("state changed externally").
+        time.sleep(12)
         return x * x
 
     square("{{ params.x }}")

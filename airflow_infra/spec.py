@@ -36,19 +36,24 @@ _GPU_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
 
 
-# The everyday subset of PEP 508, "name[extras] op version, op version": canonicalised
-# without packaging's full parser, which costs several times more at DAG parse time.
+# The everyday subset of PEP 508, "name[extras] op version, op version", with valid
+# versions only ('==2.2.*' yes, '==banana' and '~=1' no): canonicalised without packaging's
+# full parser, which costs several times more at DAG parse time. Anything else goes to it.
+_V = r"v?[0-9]+(?:\.[0-9]+)*(?:(?:a|b|rc)[0-9]+)?(?:\.post[0-9]+)?(?:\.dev[0-9]+)?(?:\+[a-z0-9.]+)?"
+_V_DOTTED = r"v?[0-9]+(?:\.[0-9]+)+(?:(?:a|b|rc)[0-9]+)?(?:\.post[0-9]+)?(?:\.dev[0-9]+)?(?:\+[a-z0-9.]+)?"
+_END = r"(?![A-Za-z0-9.*+!_-])"  # the version is the specifier's whole token
+_SPEC = rf"(?:===\s*[A-Za-z0-9.*+!_-]+|(?:==|!=)\s*{_V}(?:\.\*)?{_END}|(?:<=|>=|<|>)\s*{_V}{_END}|~=\s*{_V_DOTTED}{_END})"
 _SIMPLE_REQUIREMENT = re.compile(
-    r"^\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:\[\s*([A-Za-z0-9._,\s-]*)\s*\])?\s*"
-    r"((?:~=|===|==|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+(?:\s*,\s*(?:~=|===|==|!=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+)*)?\s*\Z"
+    rf"^\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:\[\s*([A-Za-z0-9._,\s-]*)\s*\])?\s*"
+    rf"({_SPEC}(?:\s*,\s*{_SPEC})*)?\s*\Z",
+    re.I,
 )
 _SPECIFIER = re.compile(r"(~=|===|==|!=|<=|>=|<|>)\s*([A-Za-z0-9.*+!_-]+)")
 
 
-# Compiled here, not given to re.sub/re.fullmatch as strings, which look the pattern up in
-# re's cache on every call (a cache that everything a DAG file runs shares and can evict).
+# Compiled here, not given to re.sub as a string, which looks the pattern up in re's cache
+# on every call (a cache that everything a DAG file runs shares and can evict).
 _NAME_SEPARATORS = re.compile(r"[-_.]+")
-_VERSION = re.compile(r"v?[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?(\.dev[0-9]+)?(\+[a-z0-9.]+)?", re.I)
 
 
 def _canonical_name(name: str) -> str:
@@ -67,30 +72,17 @@ def canonical_requirement(text: str) -> str:
 @functools.lru_cache(maxsize=4096)  # DAGs repeat the same pins across many tasks
 def _canonical_requirement(text: str) -> str:
     simple = _SIMPLE_REQUIREMENT.match(text)
-    if simple:
-        name, extras, specs = simple.groups()
-        specifiers = _SPECIFIER.findall(specs) if specs else []  # found once, for both uses below
-        if _valid_versions(specifiers):
-            out = _canonical_name(name)
-            extra_names = [e.strip() for e in extras.split(",") if e.strip()] if extras else []
-            if extra_names:
-                out += "[" + ",".join(sorted(_canonical_name(e) for e in extra_names)) + "]"
-            # Sorted like packaging's SpecifierSet renders them.
-            return out + ",".join(sorted(op + version for op, version in specifiers))
-    return _canonical_requirement_full(text)
-
-
-def _valid_versions(specifiers: list[tuple[str, str]]) -> bool:
-    """Versions in the simple form must still be valid versions ('==2.2.*' yes, '==banana' no)."""
-    for op, version in specifiers:
-        if op == "===":
-            continue
-        if op == "~=" and "." not in version:
-            return False  # '~=1' is invalid; let packaging say why
-        core = version[:-2] if version.endswith(".*") and op in ("==", "!=") else version
-        if not _VERSION.fullmatch(core):
-            return False
-    return True
+    if not simple:
+        return _canonical_requirement_full(text)
+    name, extras, specs = simple.groups()
+    out = _canonical_name(name)
+    extra_names = [e.strip() for e in extras.split(",") if e.strip()] if extras else []
+    if extra_names:
+        out += "[" + ",".join(sorted(_canonical_name(e) for e in extra_names)) + "]"
+    if not specs:
+        return out
+    # Sorted like packaging's SpecifierSet renders them.
+    return out + ",".join(sorted(op + version for op, version in _SPECIFIER.findall(specs)))
 
 
 def _canonical_requirement_full(text: str) -> str:

@@ -67,35 +67,40 @@ def validate_declaration(declared: Mapping[str, Any], target: str, dag: Any, tas
         _check_declaration(declared, target, dag, task_id)  # raises if the target (or anything) is wrong
         _remember(_VALID_TARGETS, target)
     for name, value in declared.items():
-        if value is None or name not in _FIELD_KINDS:
+        known = _VALID.get(name)
+        if known is None or value is None:  # not a declared field, or not declared
             continue
-        if name in _PER_ITEM and type(value) in (list, tuple):
+        if type(value) is str:
+            if value in known:
+                continue
+        elif name in _PER_ITEM and type(value) in (list, tuple):
             # Packages one by one: a list differs from the next task's by one pin.
             for item in value:
-                if type(item) is not str or (name, item) not in _VALID_DECLARATIONS:
-                    if not _item_ok(name, item):
-                        _check_declaration(declared, target, dag, task_id)  # raises, saying what is wrong
-                        break
-                    _remember(_VALID_DECLARATIONS, (name, item))
+                if type(item) is str and item in known:
+                    continue
+                if not _item_ok(name, item):
+                    _check_declaration(declared, target, dag, task_id)  # raises, saying what is wrong
+                    break
+                _remember(known, item)
             continue
-        try:
-            # A requirements file is looked at every time: it may have gone since.
-            key = None if name == "requirements" else (name, type(value), value)
-            known = key in _VALID_DECLARATIONS
-        except TypeError:  # unhashable (a mapping of env variables): checked every time
-            key, known = None, False
-        if not known:
-            if not _field_ok(name, value, fileloc):
-                _check_declaration(declared, target, dag, task_id)  # raises, saying what is wrong
-                continue
-            if key is not None:
-                _remember(_VALID_DECLARATIONS, key)
+        else:
+            try:
+                if (type(value), value) in known:  # the type too: True == 1 and 2 == 2.0 validate apart
+                    continue
+            except TypeError:  # unhashable (a mapping of env variables): checked every time
+                pass
+        if not _field_ok(name, value, fileloc):
+            _check_declaration(declared, target, dag, task_id)  # raises, saying what is wrong
+        elif name != "requirements":  # a requirements file is looked at every time: it may have gone since
+            try:
+                _remember(known, value if type(value) is str else (type(value), value))
+            except TypeError:
+                pass
 
 
-# Values found valid in this process: (field, value) for each item of a list field,
-# (field, type, value) for the others but `requirements`. The type is part of the
-# key because True == 1 and 2 == 2.0, which do not validate alike.
-_VALID_DECLARATIONS: set[tuple] = set()
+# Values found valid in this process, per field: strings as they are, other values as
+# (type, value), the items of a list field one by one.
+_VALID: dict[str, set] = {name: set() for name in (*ENVIRONMENT_FIELDS, *RESOURCE_FIELDS)}
 _VALID_TARGETS: set[str] = set()
 _FIELD_KINDS = {**dict.fromkeys(ENVIRONMENT_FIELDS, Environment), **dict.fromkeys(RESOURCE_FIELDS, Resources)}
 # The list fields whose validators check each item alone (Environment._packages, ._apt).

@@ -4,7 +4,6 @@ pod as a Docker container; it is not a Kubernetes), with artifacts on moto's S3.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re

@@ -7,7 +7,6 @@ tests/test_plugin_airflow.py runs it inside a real `airflow standalone`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

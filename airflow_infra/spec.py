@@ -69,6 +69,19 @@ def canonical_requirement(text: str) -> str:
     return _canonical_requirement(text)
 
 
+def is_valid_requirement(text: Any) -> bool:
+    """Whether canonical_requirement(text) succeeds. Parse time needs no more: where the
+    everyday form matches (the same grammar) the canonical spelling is not built, which
+    halves a new pin's cost there; the function runs in another process anyway."""
+    if type(text) is str and "\n" not in text and "\r" not in text and _SIMPLE_REQUIREMENT.match(text):
+        return True
+    try:
+        canonical_requirement(text)
+    except ValueError:
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=4096)  # DAGs repeat the same pins across many tasks
 def _canonical_requirement(text: str) -> str:
     simple = _SIMPLE_REQUIREMENT.match(text)

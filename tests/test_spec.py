@@ -56,13 +56,17 @@ def test_requirements_are_canonical():
 def test_fast_canonical_form_equals_packagings(text):
     from airflow_infra.spec import _canonical_requirement, _canonical_requirement_full
 
+    from airflow_infra.spec import is_valid_requirement
+
     try:
         expected = _canonical_requirement_full(text)
     except ValueError:
         with pytest.raises(ValueError):
             _canonical_requirement.__wrapped__(text)
+        assert not is_valid_requirement(text)  # parse time's check agrees
     else:
         assert _canonical_requirement.__wrapped__(text) == expected
+        assert is_valid_requirement(text)
 
 
 @pytest.mark.parametrize("bad", ["numpy<<2", "pkg==banana", "-e git+https://x", "--index-url http://x", "", "pandas; rm -rf /"])

@@ -18,9 +18,9 @@ from airflow_infra.spec import (
     Environment,
     Resources,
     build_models,
-    canonical_requirement,
     flatten,
     is_templated,
+    is_valid_requirement,
 )
 
 DECLARED_FIELDS = (*ENVIRONMENT_FIELDS, *RESOURCE_FIELDS)
@@ -117,11 +117,7 @@ def _item_ok(name: str, item: Any) -> bool:
     (the same function, or the same pattern)."""
     if name == "apt_packages":
         return type(item) is str and APT_NAME.match(item) is not None
-    try:
-        canonical_requirement(item)  # cached: the model's validator finds it made at run time
-    except Exception:  # noqa: BLE001 - _check_declaration reports it
-        return False
-    return True
+    return is_valid_requirement(item)
 
 
 def _field_ok(name: str, value: Any, fileloc: str | None) -> bool:

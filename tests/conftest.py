@@ -86,6 +86,7 @@ def docker_yaml(infra_yaml, docker_infra):
 
 
 MOTO = "http://127.0.0.1:5001"
+FAKE_KUBE_API = "http://127.0.0.1:5002"
 AWS_CONN = json.dumps(
     {"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"region_name": "us-east-1", "endpoint_url": MOTO}}
 )
@@ -151,6 +152,12 @@ def fake_kube(docker_infra) -> str:
     """The fake Kubernetes API (dev/fake_kube_api.py, a test double running pods as Docker
     containers); `kubernetes_default` points at it. Returns the kubeconfig's path."""
     subprocess.run(["bash", str(REPO / "dev" / "start-fake-kube.sh")], check=True, timeout=120)
+    # The double outlives test sessions on a developer's machine: a session starts with an
+    # empty `ml` namespace, as on a fresh CI machine (tests count the pods left behind).
+    import requests
+
+    for pod in requests.get(f"{FAKE_KUBE_API}/api/v1/namespaces/ml/pods", timeout=10).json()["items"]:
+        requests.delete(f"{FAKE_KUBE_API}/api/v1/namespaces/ml/pods/{pod['metadata']['name']}", timeout=30)
     kubeconfig = os.environ.get("FAKE_KUBECONFIG", "/tmp/airflow-infra-fake-kube.yaml")
     os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"] = json.dumps(
         {"conn_type": "kubernetes", "extra": {"kube_config_path": kubeconfig, "namespace": "default"}}

@@ -5,6 +5,7 @@ XCom and the store), and one broken entry affects only itself."""
 from __future__ import annotations
 
 import json
+import os
 import logging
 import pickle
 
@@ -191,3 +192,26 @@ def test_broken_or_foreign_folders_affect_only_themselves(tmp_path, capsys):
     assert "good_1" in listing and "good_2" in listing and "1 broken folders" in listing
     assert cli.main(["--store", f"file://{root}", "show", "d", "half"]) == 0
     assert "broken: " in capsys.readouterr().out
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_a_full_store_says_so_and_leaves_no_partial_result(dags, infra_yaml, tmp_path):
+    import subprocess
+
+    store = tmp_path / "small-store"
+    store.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(store)], check=True)
+    try:
+        infra_yaml(f"artifacts: file://{store}\n")
+        run = dags.test("infra_full_disk")
+        assert "task 'too_big'" in run.output and "no space left on the artifact store" in run.output, run.output[-3000:]
+        assert "cannot be pickled" not in run.output
+        from airflow_infra.client import Client
+
+        stored = Client(f"file://{store}").run("infra_full_disk", run.run_id)
+        assert stored["small"].result == 1  # the next task still runs and stores its result
+        assert "no space left on the artifact store" in stored["too_big"][-1].status
+        assert not list(store.rglob("too_big/**/out-*")) and not list(store.rglob(".*.tmp"))  # nothing half-written
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=False)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 # The wire format lives in runtime (it runs where this package is not installed); the rest
 # of the package takes these names from here.
 from airflow_infra.errors import InfraStoreError
-from airflow_infra.runtime import OUTCOME_FILE, REF_KEY, atomic_write, map_refs
+from airflow_infra.runtime import OUTCOME_FILE, REF_KEY, atomic_write, map_refs  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath

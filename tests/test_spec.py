@@ -1,3 +1,4 @@
+import math
 from datetime import timedelta
 
 import pytest
@@ -130,3 +131,44 @@ def test_templated_resources_wait_until_rendered():
     assert res.memory is None and res.cpu == 2
     with pytest.raises(InfraSpecError, match="memory="):
         build_models("d", "t", {"memory": "{{ params.mem }}"}, skip_templated=False)
+
+
+def _random_strings(alphabet: str, count: int, seed: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14))) for _ in range(count)]
+
+
+def test_plain_pin_fast_path_accepts_only_what_the_full_grammar_accepts():
+    """_PLAIN_PIN lets a pin through at parse time without the full pattern: it must accept
+    nothing the full check refuses (checked on pins and on random strings of their alphabet)."""
+    from airflow_infra.spec import _PLAIN_PIN, _canonical_requirement_full
+
+    candidates = [
+        "pandas==2.2.*", "numpy<2", "a>=1.0", "x!=3", "a-b_c.d<=0.1", "pkg==1.*", "pkg<1.*", "pkg==1..2",
+        "pkg==.1", "-pkg==1", "pkg-==1", "pkg==1.2.*\n", "pkg ==1", "pkg==1 ", "pkg===1", "pkg~=1",
+        *_random_strings("ab1-_.=<>!~*2 \n", 30_000, seed=13),
+    ]
+    accepted = 0
+    for text in candidates:
+        if _PLAIN_PIN.match(text):
+            accepted += 1
+            _canonical_requirement_full(text)  # raises if the fast path let a bad pin through
+    assert accepted > 100  # the random strings reach the fast path, not only the listed ones
+
+
+def test_parse_bytes_fast_path_agrees_with_the_general_parser():
+    from airflow_infra.quantities import _BINARY, _split, parse_bytes
+
+    for text in ["1Gi", "512Mi", "007Ki", "0Mi", "123456789012345Pi", "1Ei", *_random_strings("019GiMK ", 5_000, seed=7)]:
+        try:
+            number, unit = _split(text)
+            expected = math.ceil(number * _BINARY[unit]) if unit in _BINARY else None
+        except ValueError:
+            expected = None
+        if expected is not None:
+            assert parse_bytes(text) == expected, text
+    for bad in ["Gi", "1.5.Gi", "١٢Gi", "²Gi", "1 Gi\n", "-1Gi"]:
+        with pytest.raises(ValueError):
+            parse_bytes(bad)

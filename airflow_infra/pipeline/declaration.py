@@ -62,7 +62,6 @@ def validate_declaration(declared: Mapping[str, Any], target: str, dag: Any, tas
     if declared.get("shm") is not None and declared.get("memory") is not None:
         _check_declaration(declared, target, dag, task_id)
         return
-    fileloc = getattr(dag, "fileloc", None)
     if target != "auto" and not (type(target) is str and target in _VALID_TARGETS):
         _check_declaration(declared, target, dag, task_id)  # raises if the target (or anything) is wrong
         _remember(_VALID_TARGETS, target)
@@ -73,15 +72,28 @@ def validate_declaration(declared: Mapping[str, Any], target: str, dag: Any, tas
         if type(value) is str:
             if value in known:
                 continue
+            parse = QUANTITY_PARSERS.get(name)
+            if parse is not None and "{{" not in value and "{%" not in value:
+                # A new quantity (a memory of each task's own is the common case), checked
+                # here as _field_ok would: at parse time each function call this loop makes
+                # starts cold, and the calls cost more than the check.
+                try:
+                    parse(value)
+                except Exception:  # noqa: BLE001 - _check_declaration reports it
+                    _check_declaration(declared, target, dag, task_id)  # raises, saying what is wrong
+                if len(known) < _MEMO_LIMIT:
+                    known.add(value)
+                continue
         elif name in _PER_ITEM and type(value) in (list, tuple):
             # Packages one by one: a list differs from the next task's by one pin.
             for item in value:
                 if type(item) is str and item in known:
                     continue
-                if not _item_ok(name, item):
+                if not (is_valid_requirement(item) if name == "packages" else _item_ok(name, item)):
                     _check_declaration(declared, target, dag, task_id)  # raises, saying what is wrong
                     break
-                _remember(known, item)
+                if len(known) < _MEMO_LIMIT:
+                    known.add(item)
             continue
         else:
             try:
@@ -89,7 +101,7 @@ def validate_declaration(declared: Mapping[str, Any], target: str, dag: Any, tas
                     continue
             except TypeError:  # unhashable (a mapping of env variables): checked every time
                 pass
-        if not _field_ok(name, value, fileloc):
+        if not _field_ok(name, value, dag):
             _check_declaration(declared, target, dag, task_id)  # raises, saying what is wrong
         elif name != "requirements":  # a requirements file is looked at every time: it may have gone since
             try:
@@ -107,8 +119,11 @@ _FIELD_KINDS = {**dict.fromkeys(ENVIRONMENT_FIELDS, Environment), **dict.fromkey
 _PER_ITEM = ("packages", "apt_packages")
 
 
+_MEMO_LIMIT = 10_000  # values per field: a DAG file declaring more checks the rest each time
+
+
 def _remember(memo: set, key: Any) -> None:
-    if len(memo) < 10_000:
+    if len(memo) < _MEMO_LIMIT:
         memo.add(key)
 
 
@@ -120,17 +135,17 @@ def _item_ok(name: str, item: Any) -> bool:
     return is_valid_requirement(item)
 
 
-def _field_ok(name: str, value: Any, fileloc: str | None) -> bool:
+def _field_ok(name: str, value: Any, dag: Any) -> bool:
     """Whether one declared value passes what _check_declaration checks of it: its model
     validating it alone, as build_models(skip_templated=True) would, and the checks after."""
     try:
-        if _FIELD_KINDS[name] is Resources:
-            if is_templated(value):  # decided once rendered
-                return True
-            parse = QUANTITY_PARSERS.get(name)
-            if parse is not None:
+        parse = QUANTITY_PARSERS.get(name)
+        if parse is not None:  # the quantities first: a new memory per task is the common case
+            if not is_templated(value):  # else decided once rendered
                 parse(value)  # all the model would do with it (a quarter of the model's cost)
-            else:
+            return True
+        if _FIELD_KINDS[name] is Resources:
+            if not is_templated(value):
                 Resources(**{name: value})
             return True
         if name == "env" and isinstance(value, Mapping) and any(is_templated(v) for v in value.values()):
@@ -140,6 +155,7 @@ def _field_ok(name: str, value: Any, fileloc: str | None) -> bool:
         return False
     if name == "python":
         return environment.python in (None, WORKER_PYTHON)
+    fileloc = getattr(dag, "fileloc", None)
     if name == "requirements" and fileloc:
         try:
             return requirements_file(fileloc, environment.requirements).is_file()

@@ -8,14 +8,56 @@ from the engine's API.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import time
 import uuid
 
+from airflow_infra.errors import InfraTaskFailed
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner, deadline, explain_process_end
 from airflow_infra.targets.image import prepare_image
 from airflow_infra.targets.output import OutputLines, log_line
 from airflow_infra.targets.staging import StagedCall
+
+
+# Every container carries its call's identity, so that a later try (or a person with
+# `docker ps --filter label=...`) finds what an earlier one left. `ti` is a digest of the task
+# instance (dag, run, task, map index): an exact-match filter whatever the run id holds.
+LABEL = "org.airflow-infra"
+# Readable labels carry a value only when it is plainly printable (Airflow's default run ids
+# and every dag/task id are): a label is shown in terminals and UIs, so no control characters.
+_PLAIN_LABEL_VALUE = re.compile(r"[A-Za-z0-9_.~:+@ -]{1,250}\Z")
+
+
+def task_instance_key(call: Call) -> str:
+    identity = json.dumps([call.dag_id, call.run_id, call.task_id, call.map_index])
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def container_labels(call: Call) -> dict[str, str]:
+    labels = {f"{LABEL}.ti": task_instance_key(call), f"{LABEL}.map-index": str(call.map_index), f"{LABEL}.try": str(call.try_number)}
+    for name, value in (("dag", call.dag_id), ("task", call.task_id), ("run", call.run_id)):
+        if _PLAIN_LABEL_VALUE.match(value):
+            labels[f"{LABEL}.{name}"] = value
+    return labels
+
+
+def engine_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the engine did not answer (gone, restarting, socket removed), as
+    opposed to an answer refusing something (docker's APIError)."""
+    import docker.errors
+    import requests
+    import urllib3
+
+    if isinstance(exc, docker.errors.APIError):
+        return False
+    return isinstance(exc, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError))
+
+
+def engine_address() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
 class DockerRunner(Runner):
@@ -39,13 +81,33 @@ class DockerRunner(Runner):
     def submit(self, call: Call) -> Handle:
         self._staged = staged = StagedCall.open(call)
         try:
+            self._remove_earlier_containers(call)
             container = self._run_container(call, staged)
-        except BaseException:
+        except BaseException as exc:
             staged.close()
             self._staged = None
+            if engine_unreachable(exc):
+                raise InfraTaskFailed(
+                    f"{call.where}: the Docker engine at {engine_address()} was lost while the task's container was "
+                    f"being started ({type(exc).__name__}); start the engine again and retry the task"
+                ) from None
             raise
         self._started = time.monotonic()
         return Handle(self.kind, self.name, container.id, call.folder_uri, {"container": container.name})
+
+    def _remove_earlier_containers(self, call: Call) -> None:
+        """Remove what earlier tries (or attempts) of this task instance left on the engine:
+        a container whose engine was lost mid-task, or whose worker died, is still listed
+        once the engine is back (exited, or running with live-restore). Reattaching to a
+        running one is a later issue; until then a new try starts afresh, and two tries
+        never run side by side."""
+        filters = {"label": f"{LABEL}.ti={task_instance_key(call)}"}
+        for container in self.engine.containers.list(all=True, filters=filters):
+            call.log.warning(
+                "removing container %s that try %s of this task left behind (%s)",
+                container.name, container.labels.get(f"{LABEL}.try", "?"), container.status,
+            )
+            container.remove(force=True)
 
     def _run_container(self, call: Call, staged: StagedCall):
         resources = call.resources
@@ -64,10 +126,19 @@ class DockerRunner(Runner):
             memswap_limit=resources.memory,  # no swap beyond the limit
             nano_cpus=int(resources.cpu * 1e9) if resources.cpu else None,
             shm_size=resources.shm,
-            labels={"org.airflow-infra.dag": call.dag_id, "org.airflow-infra.task": call.task_id},
+            labels=container_labels(call),
         )
 
     def wait(self, call: Call, handle: Handle) -> Deferral | None:
+        try:
+            return self._follow(call, handle)
+        except Exception as exc:
+            if engine_unreachable(exc):
+                # Said once, by explain(): not the client library's traceback.
+                handle.details["engine_lost"] = f"{engine_address()}: {type(exc).__name__}"
+            raise
+
+    def _follow(self, call: Call, handle: Handle) -> Deferral | None:
         container = self.engine.containers.get(handle.id)
 
         def expire() -> None:
@@ -115,6 +186,13 @@ class DockerRunner(Runner):
                 self._staged = None
 
     def explain(self, call: Call, handle: Handle, error: BaseException | None) -> str:
+        name = handle.details.get("container", handle.id)
+        if "engine_lost" in handle.details:
+            return (
+                f"the Docker engine was lost while the task's container {name} ran ({handle.details['engine_lost']}); "
+                "no result was written. The task's next try removes that container if the engine still has it "
+                f"(or remove it: docker rm -f {name})"
+            )
         if error is not None and "exit_code" not in handle.details:
             return f"the task's container {handle.details.get('container', handle.id)} failed: {error}"
         return explain_process_end(call, handle)
@@ -136,3 +214,9 @@ class DockerRunner(Runner):
             getattr(self.engine.containers.get(handle.id), method)(**kwargs)
         except docker.errors.APIError:
             pass  # already stopped or gone
+        except Exception as exc:
+            if not engine_unreachable(exc):
+                raise
+            # The engine is gone: nothing can be stopped or removed now. The failure is
+            # explained once (explain); the next try removes the container.
+            handle.details.setdefault("engine_lost", f"{engine_address()}: {type(exc).__name__}")

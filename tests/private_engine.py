@@ -24,8 +24,11 @@ class PrivateEngine:
         self.log = self.root / "dockerd.log"
 
     def start(self) -> None:
-        # A dockerd killed with -9 leaves its pid file, and a new one refuses to start over it.
-        (self.root / "docker.pid").unlink(missing_ok=True)
+        # A dockerd killed with -9 leaves its pid files. A new dockerd refuses to start over its
+        # own, and takes containerd's for a live containerd when that pid is still taken (here
+        # by the killed one's zombie, when the machine's init does not reap it), then times out.
+        for pidfile in self._pidfiles():
+            pidfile.unlink(missing_ok=True)
         with self.log.open("ab") as log:
             subprocess.Popen(
                 ["dockerd", "-H", self.host, "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
@@ -50,10 +53,13 @@ class PrivateEngine:
     def daemon_pids(self) -> list[int]:
         """dockerd and the containerd it started (not the shims: they keep containers running)."""
         pids = []
-        for pidfile in (self.root / "docker.pid", self.root / "exec" / "containerd" / "containerd.pid"):
+        for pidfile in self._pidfiles():
             if pidfile.exists() and pidfile.read_text().strip():
                 pids.append(int(pidfile.read_text()))
         return pids
+
+    def _pidfiles(self) -> tuple[Path, Path]:
+        return self.root / "docker.pid", self.root / "exec" / "containerd" / "containerd.pid"
 
     def kill_daemons(self) -> None:
         """What a crash does: dockerd and its containerd gone at once, no clean-up."""

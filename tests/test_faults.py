@@ -150,7 +150,7 @@ def test_killing_the_task_removes_its_container_on_docker(dags, docker_yaml, tmp
 
 
 def test_dead_and_overrunning_jobs_leave_nothing_on_batch(dags, docker_yaml, moto_s3, batch_queue):
-    write_batch_yaml(docker_yaml, moto_s3, batch_queue)
+    store = write_batch_yaml(docker_yaml, moto_s3, batch_queue)
     batch = boto3.client("batch", region_name="us-east-1", endpoint_url=MOTO, aws_access_key_id="testing", aws_secret_access_key="testing")
 
     def unfinished_jobs() -> list[str]:
@@ -168,8 +168,10 @@ def test_dead_and_overrunning_jobs_leave_nothing_on_batch(dags, docker_yaml, mot
     assert "task 'exits_hard': Batch job" in run.output and "exit code" in run.output and "about to exit" in run.output
     assert "AirflowTaskTimeout" in run.output or "Timeout" in run.output
     assert "out of memory" not in run.output
-    assert run.result("afterwards") == 7
-    assert run.outcome("exits_hard") is None and run.outcome("overruns") is None
+    stored = Client(store).run("infra_container_faults", run.run_id)  # the S3 store
+    assert stored["afterwards"].result == 7
+    assert stored["exits_hard"][-1].outcome is None and stored["overruns"][-1].outcome is None
+    assert stored["exits_hard"].target == "gpu" and stored["overruns"].target == "gpu"  # both ran on batch
     # moto stops a terminated job's container in a thread of its own: give it time to.
     wait_for(lambda: not unfinished_jobs() and not moto_containers(), "the jobs to end", seconds=120)
     assert unfinished_jobs() == [] and moto_containers() == []

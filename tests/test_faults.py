@@ -175,3 +175,36 @@ def test_dead_and_overrunning_jobs_leave_nothing_on_batch(dags, docker_yaml, mot
     # moto stops a terminated job's container in a thread of its own: give it time to.
     wait_for(lambda: not unfinished_jobs() and not moto_containers(), "the jobs to end", seconds=120)
     assert unfinished_jobs() == [] and moto_containers() == []
+
+
+@pytest.mark.parametrize("kind", ["docker", "batch"])
+def test_a_registry_that_is_down_fails_the_task_clearly_and_starts_nothing(dags, infra_yaml, moto_s3, batch_queue, kind):
+    target = {
+        "docker": "{kind: docker}",
+        "batch": f"{{kind: batch, job_queue: {batch_queue}, region: us-east-1, pass_credentials: true, poll_interval: 1}}",
+    }[kind]
+    infra_yaml(  # nothing listens on port 1
+        f"registry: 127.0.0.1:1/ml\nartifacts: {moto_s3}\ntargets:\n  remote: {target}\n"
+        'rules:\n  - {when: "memory >= 512Mi", target: remote}\n  - {target: local}\n'
+    )
+    batch = boto3.client("batch", region_name="us-east-1", endpoint_url=MOTO, aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def jobs_of_the_dag() -> list[str]:  # in any state: none may have been submitted
+        return [
+            job["jobId"]
+            for status in (*UNFINISHED_JOB_STATES, "SUCCEEDED", "FAILED")
+            for job in batch.list_jobs(jobQueue=batch_queue, jobStatus=status)["jobSummaryList"]
+            if job["jobName"].startswith("infra_registry_down")
+        ]
+
+    before = set(jobs_of_the_dag())
+    run = dags.test("infra_registry_down")
+    assert "DAG 'infra_registry_down', task 'needs_image': the registry 127.0.0.1:1 cannot be reached" in run.output
+    assert "out of memory" not in run.output and "cannot be pickled" not in run.output
+    stored = Client(moto_s3).run("infra_registry_down", run.run_id)
+    assert stored["afterwards"].result == 7
+    tries = stored["needs_image"].tries() if "needs_image" in stored.tasks else []
+    assert all(call.outcome is None for call in tries)  # nothing claims the call ran
+    assert set(jobs_of_the_dag()) - before == set()
+    assert shared_engine_containers(f"label={LABEL}.dag=infra_registry_down") == []  # docker's
+    assert shared_engine_containers("name=infra_registry_down") == []  # moto's

@@ -75,3 +75,19 @@ def infra_docker_sleeper():
 
 
 infra_docker_sleeper()
+
+
+@dag(schedule=None, catchup=False, tags=["airflow-infra-tests"])
+def infra_registry_down():
+    @infra_task(memory="512Mi", packages=["six"])  # an image of its own, never built: the registry is down
+    def needs_image() -> int:
+        return 1
+
+    @infra_task(trigger_rule="all_done")  # the rules send it to the local target
+    def afterwards() -> int:
+        return 7
+
+    needs_image() >> afterwards()
+
+
+infra_registry_down()

@@ -81,6 +81,7 @@ def test_deferrable_mode_resumes_from_the_store(dags, docker_yaml, moto_s3, batc
     assert Client(store).run("infra_batch_failures", run.run_id)["raises"].target == "gpu"
 
 
+@pytest.mark.fault
 def test_killing_the_task_terminates_its_job(airflow_db, batch_yaml, batch_queue):
     batch = boto3.client("batch", region_name="us-east-1", endpoint_url=MOTO, aws_access_key_id="testing", aws_secret_access_key="testing")
 
@@ -106,6 +107,18 @@ def test_killing_the_task_terminates_its_job(airflow_db, batch_yaml, batch_queue
             assert time.monotonic() < deadline, f"job {running[0]} was not terminated"
             time.sleep(0.5)
         assert "task 'sleeps'" in output
+        # Nothing left: no job of the DAG queued or running, no container moto started for
+        # one (moto names them after the job, and removes them in a thread of its own).
+        unfinished = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+        deadline = time.monotonic() + 60
+        while (left := [j for s in unfinished for j in sleeper_jobs(s)] + moto_containers()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert left == []
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def moto_containers() -> list[str]:
+    listed = subprocess.run(["docker", "ps", "-aq", "--filter", "name=infra_batch_sleeper"], capture_output=True, text=True, check=True)
+    return listed.stdout.split()

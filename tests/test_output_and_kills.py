@@ -22,6 +22,7 @@ def _assert_shapes(run) -> None:
     assert run.outcome("overrun") is None  # it never finished, and nothing claims it did
 
 
+@pytest.mark.fault
 def test_output_shapes_and_execution_timeout_on_the_local_target(dags, tmp_path):
     started = time.monotonic()
     run = dags.test("infra_output_shapes", conf={"pid_dir": str(tmp_path)}, timeout=300)
@@ -33,6 +34,7 @@ def test_output_shapes_and_execution_timeout_on_the_local_target(dags, tmp_path)
             os.kill(pid, 0)
 
 
+@pytest.mark.fault
 def test_output_shapes_and_execution_timeout_on_the_docker_target(dags, docker_yaml):
     docker_yaml()
     run = dags.test("infra_output_shapes", env={"AIRFLOW_INFRA_TARGET": "docker"}, timeout=600)

@@ -71,6 +71,7 @@ def test_builder_none_names_task_tag_and_command(dags, docker_yaml):
     assert "airflow-infra build DAG_FILE" in run.output and "airflow-infra-env:" in run.output
 
 
+@pytest.mark.fault
 def test_docker_target_limits_and_clean_image(dags, docker_yaml):
     docker_yaml()
     planted = dags.home / "infra" / "artifacts" / "other_dag" / "secret.txt"
@@ -95,6 +96,12 @@ def test_docker_target_limits_and_clean_image(dags, docker_yaml):
     assert reach["overwrite_input"] == "OSError"  # mounted read-only
     assert (run.artifacts / "other_dag" / "secret.txt").read_text() == "another DAG's result"
     assert not list(run.artifacts.rglob("planted.txt"))
+    # The OOM-killed container and every other one of the run are gone (collect removes them).
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", "label=org.airflow-infra.dag=infra_docker_limits"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert left == []
 
 
 @pytest.mark.parametrize(("dag_id", "conf"), [("recsys_seed", {"lr": 0.2}), ("fanout_example", {"n_shards": 3}), ("params_example", None)])

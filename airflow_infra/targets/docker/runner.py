@@ -53,7 +53,7 @@ def engine_unreachable(exc: BaseException) -> bool:
 
     if isinstance(exc, docker.errors.APIError):
         return False
-    return isinstance(exc, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError))
+    return isinstance(exc, (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ConnectionError))
 
 
 def engine_address() -> str:

@@ -22,7 +22,7 @@ from airflow.sdk import DAG
 from airflow_infra import infra_task
 from airflow_infra.errors import InfraSpecError, InfraTaskFailed
 from airflow_infra.runtime import TaskConnection, connection_environment, install_connections
-from tests.conftest import HOME
+from tests.conftest import HOME, PLANTED_CONN_SECRET
 
 
 def digest(value: str) -> str:
@@ -215,14 +215,14 @@ def _check_run(run, values: dict[str, str], target: str) -> None:
         "AWS_SESSION_TOKEN": digest(values["aws_token"]), "AWS_DEFAULT_REGION": digest("eu-central-1"),
         "AWS_ENDPOINT_URL": digest("http://127.0.0.1:5001"),
     }
-    assert seen["plain"] == "declared"
+    assert seen["plain"] == "declared" and seen["session_password"] == digest(PLANTED_CONN_SECRET)
     none = run.result("declares_none")
     assert "'planted_warehouse' is not declared by this task" in none["refused"]
     # No declared aws connection: not the worker's AWS credentials either.
     assert none["aws"] == dict.fromkeys(seen["aws"]), none
-    assert run.call("reads_them")["connections"] == ["planted_warehouse", "planted_aws"]
+    assert run.call("reads_them")["connections"] == ["planted_warehouse", "planted_aws", "planted_session_db"]
     assert run.call("reads_them")["target"] == target
-    secrets = [v.encode() for k, v in values.items()]
+    secrets = [v.encode() for k, v in values.items()] + [PLANTED_CONN_SECRET.encode()]
     assert not _files_holding(run.artifacts, secrets)  # call.json, call.pkl, handle.json, outcome.json, results
     assert not _files_holding(HOME / "logs", secrets)  # the task logs
     assert not [s for s in secrets if s in run.output.encode()]  # what the run printed

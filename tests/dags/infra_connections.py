@@ -27,7 +27,7 @@ def digest(value) -> str | None:
 
 @dag(schedule=None, catchup=False, tags=["test"])
 def infra_connections():
-    @infra_task(connections=["planted_warehouse", "planted_aws"], env={"PLAIN": "declared"})
+    @infra_task(connections=["planted_warehouse", "planted_aws", "planted_session_db"], env={"PLAIN": "declared"})
     def reads_them(params=None):
         if (params or {}).get("port"):
             with socket.create_connection(("127.0.0.1", int(params["port"])), timeout=600) as hold:
@@ -61,6 +61,7 @@ def infra_connections():
             "undeclared": undeclared,
             "aws": {name: digest(os.environ.get(name)) for name in AWS_VARIABLES},
             "plain": os.environ.get("PLAIN"),
+            "session_password": digest(connection("planted_session_db").password),
         }
 
     @infra_task

@@ -222,6 +222,7 @@ def _check_run(run, values: dict[str, str], target: str) -> None:
     assert none["aws"] == dict.fromkeys(seen["aws"]), none
     assert run.call("reads_them")["connections"] == ["planted_warehouse", "planted_aws", "planted_session_db"]
     assert run.call("reads_them")["target"] == target
+    assert [run.result("mapped", i) for i in (0, 1)] == [[1, digest(PLANTED_CONN_SECRET)], [2, digest(PLANTED_CONN_SECRET)]]
     secrets = [v.encode() for k, v in values.items()] + [PLANTED_CONN_SECRET.encode()]
     assert not _files_holding(run.artifacts, secrets)  # call.json, call.pkl, handle.json, outcome.json, results
     assert not _files_holding(HOME / "logs", secrets)  # the task logs
@@ -266,9 +267,14 @@ def test_docker_calls_get_their_connections_over_stdin_never_in_docker_inspect(d
 
 
 @pytest.mark.integration
-def test_a_missing_connection_fails_the_task_before_anything_is_submitted(dags):
+def test_a_missing_connection_or_a_target_that_cannot_deliver_fails_the_task_before_anything_is_submitted(dags, docker_yaml):
+    docker_yaml("  k8s: {kind: kubernetes, namespace: ml}\n")
     _, env = _planted()
     run = dags.test("infra_connections_missing", env=env)
     assert not run.succeeded
     assert "DAG 'infra_connections_missing', task 'never_runs': connections: no Airflow connection 'no_such_connection'" in run.output
+    assert (
+        "DAG 'infra_connections_missing', task 'on_kubernetes': connections=['planted_session_db']: "
+        "target 'k8s' (kind 'kubernetes') cannot deliver Airflow connections"
+    ) in run.output
     assert not (run.artifacts / "infra_connections_missing").exists()  # no call was packaged, let alone run

@@ -75,8 +75,13 @@ def infra_connections():
             refused = str(exc)
         return {"refused": refused, "aws": {name: digest(os.environ.get(name)) for name in AWS_VARIABLES}}
 
+    @infra_task(connections=["planted_session_db"])
+    def mapped(x: int):
+        return [x, digest(connection("planted_session_db").password)]
+
     reads_them()
     declares_none()
+    mapped.expand(x=[1, 2])
 
 
 @dag(schedule=None, catchup=False, tags=["test"])
@@ -85,7 +90,14 @@ def infra_connections_missing():
     def never_runs():
         return 1
 
+    # Pinned to a kubernetes target (tests/test_connections.py's infra.yaml has one): that kind
+    # cannot deliver connections yet, so the task fails before any image or pod.
+    @infra_task(connections=["planted_session_db"], target="k8s")
+    def on_kubernetes():
+        return 1
+
     never_runs()
+    on_kubernetes()
 
 
 infra_connections()

@@ -217,8 +217,9 @@ def _check_run(run, values: dict[str, str], target: str) -> None:
     }
     assert seen["plain"] == "declared" and seen["session_password"] == digest(PLANTED_CONN_SECRET)
     none = run.result("declares_none")
+    # It ran after reads_them (locally, forked from the same warm server): nothing stayed behind.
     assert "'planted_warehouse' is not declared by this task" in none["refused"]
-    # No declared aws connection: not the worker's AWS credentials either.
+    # No declared aws connection: not the worker's AWS credentials either, nor reads_them's.
     assert none["aws"] == dict.fromkeys(seen["aws"]), none
     assert run.call("reads_them")["connections"] == ["planted_warehouse", "planted_aws", "planted_session_db"]
     assert run.call("reads_them")["target"] == target

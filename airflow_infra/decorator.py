@@ -10,7 +10,7 @@ from airflow.sdk.bases.decorator import DecoratedOperator, _TaskDecorator
 from airflow.sdk.definitions._internal.contextmanager import DagContext
 
 from airflow_infra.operator import InfraOperator
-from airflow_infra.pipeline.declaration import declaration_from, validate_declaration
+from airflow_infra.pipeline.declaration import check_connections, declaration_from, validate_declaration
 
 
 class InfraDecoratedOperator(DecoratedOperator, InfraOperator):
@@ -38,6 +38,7 @@ class _InfraTaskDecorator(_TaskDecorator):
         task_id = kwargs.get("task_id")
         declared = declaration_from(kwargs, getattr(dag, "dag_id", None), task_id)
         validate_declaration(declared, kwargs.get("target", "auto"), dag, task_id)
+        check_connections(kwargs.get("connections"), getattr(dag, "dag_id", None), task_id)
         # The mapped operator gets the flat fields: Airflow would read a grouped
         # `resources=Resources(...)` as BaseOperator's own `resources`.
         flat = attr.evolve(self, kwargs={**kwargs, **declared})
@@ -48,7 +49,7 @@ def infra_task(python_callable: Callable | None = None, multiple_outputs: bool |
     """Run the function in its own declared environment, on the target the routing rules pick.
 
     Takes InfraOperator's arguments (packages, requirements, apt_packages, python,
-    base_image, env, cpu, memory, gpu, gpu_type, disk, shm, timeout, target, or the grouped
+    base_image, env, cpu, memory, gpu, gpu_type, disk, shm, timeout, target, connections, or the grouped
     environment=Environment(...) and resources=Resources(...)) and every BaseOperator one.
     """
 

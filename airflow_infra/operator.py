@@ -19,7 +19,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_infra.errors import InfraSpecError, where
 from airflow_infra.links import ImageLink, RecordedLinks
-from airflow_infra.pipeline.declaration import DECLARED_FIELDS, declaration_from, validate_declaration
+from airflow_infra.pipeline.declaration import DECLARED_FIELDS, check_connections, declaration_from, validate_declaration
 from airflow_infra.spec import RESOURCE_FIELDS, Environment, Resources
 from airflow_infra.targets import builtin_links
 
@@ -41,6 +41,10 @@ class InfraOperator(BaseOperator):
     :param gpu: GPU count (templated); gpu_type: e.g. "a100" (templated).
     :param timeout: seconds, "2h" or a timedelta (templated).
     :param target: "auto" (the routing rules decide) or a target name.
+    :param connections: Airflow connection ids the function reads through
+        airflow_infra.task_connections.connection(id); looked up when the task runs,
+        delivered by the target without entering any file, spec or log. Not templated: which
+        credentials a task gets is fixed in the DAG file, not chosen by upstream data.
     :param cache: True or a version string: reuse an earlier result when the code, the
         inputs and the environment all match (off by default).
     :param templates_dict, templates_exts, show_return_value_in_logs: as for @task.
@@ -56,6 +60,7 @@ class InfraOperator(BaseOperator):
     operator_extra_links = (ImageLink(), *builtin_links())
     packages = requirements = apt_packages = python = base_image = env = None
     cpu = memory = gpu = gpu_type = disk = shm = timeout = None
+    connections: list[str] | None = None
     _execution = None  # the running call's Execution, while execute() or execute_complete() drives it
 
     def __init__(
@@ -79,6 +84,7 @@ class InfraOperator(BaseOperator):
         timeout: float | str | dt.timedelta | None = None,
         environment: Environment | None = None,
         target: str = "auto",
+        connections: Collection[str] | None = None,
         cache: bool | str = False,
         templates_dict: dict[str, Any] | None = None,
         templates_exts: Sequence[str] | None = None,
@@ -110,6 +116,7 @@ class InfraOperator(BaseOperator):
             op_args=list(op_args or []),
             op_kwargs=dict(op_kwargs or {}),
             target=target,
+            connections=check_connections(connections, self.dag_id, self.task_id),
             cache=cache,
             templates_dict=templates_dict,
             show_return_value_in_logs=show_return_value_in_logs,
@@ -133,6 +140,7 @@ class InfraOperator(BaseOperator):
         task_id = kwargs.get("task_id")
         declared = declaration_from(kwargs, getattr(dag, "dag_id", None), task_id)  # pops the grouped forms
         validate_declaration(declared, kwargs.get("target", "auto"), dag, task_id)
+        check_connections(kwargs.get("connections"), getattr(dag, "dag_id", None), task_id)
         # BaseOperator.partial is a descriptor that refuses instances; its class method bound to this class.
         return vars(BaseOperator)["partial"].class_method.__get__(cls, cls)(**kwargs, **declared)
 
@@ -175,6 +183,7 @@ class InfraOperator(BaseOperator):
         config = load_config()
         plan = plan_call(self._declared(), self.target, config, dag_id=self.dag_id, task_id=self.task_id, dag_file=self._dag_file)
         self.log.info("target %r: %s", plan.route.target, plan.route.reason)
+        connections = self._connections(plan)  # before anything is written or submitted
         with keep_references():  # a reduce task's lazy sequence is fetched here
             args, kwargs = call_arguments(
                 self.python_callable, self.op_args, self.op_kwargs, context, where(self.dag_id, self.task_id),
@@ -184,7 +193,7 @@ class InfraOperator(BaseOperator):
         packaged = package_call(
             plan, self.python_callable, args, kwargs, store=store_for(config), config=config, run_id=context["run_id"],
             map_index=ti.map_index, try_number=ti.try_number, multiple_outputs=bool(self.multiple_outputs),
-            dag_file=self._dag_file, log=self.log, context=context,
+            dag_file=self._dag_file, log=self.log, context=context, connections=connections,
         )
         call, meta = packaged.call, packaged.meta
         key = cache.key_for(self.cache, meta, args, kwargs, bool(self.multiple_outputs))
@@ -196,6 +205,19 @@ class InfraOperator(BaseOperator):
         self._execution = Execution(plan.runner(config), call)
         self._show_links(call.links)
         return self._continue(self._execution.start(), meta)
+
+    def _connections(self, plan: Any) -> Any:
+        """The declared connections' values, looked up now (a missing one fails the task,
+        naming it), once the target is known to deliver them; None when none are declared."""
+        if not self.connections:
+            return None
+        from airflow_infra.pipeline.connections import require_delivery, resolve_connections
+
+        task = where(self.dag_id, self.task_id)
+        require_delivery(plan.kind.load_runner(), plan.route.target, plan.kind.name, list(self.connections), task)
+        values = resolve_connections(self.connections, task)
+        self.log.info("connections for the call: %s (values delivered by the target, not stored)", ", ".join(values.ids))
+        return values
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         """Resume after the target deferred (a pod or Batch job waited for in the triggerer)."""

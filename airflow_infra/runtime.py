@@ -5,7 +5,10 @@
 It loads the call (function + arguments, pickled with cloudpickle), swaps artifact
 references in the arguments for the values they point to, runs the function and writes
 each output plus `outcome.json` (ok or error, output descriptions, measured peak memory,
-CPU and wall time) into OUT_DIR. It must run where Airflow and airflow-infra are not
+CPU and wall time) into OUT_DIR. The Airflow connections the task declared arrive in the
+warm server's request (local target) or as JSON on standard input (AIRFLOW_INFRA_CONNECTIONS
+=stdin: docker), never in a file or argument; the function reads them through
+airflow_infra.task_connections, which this file provides where the task runs. It must run where Airflow and airflow-infra are not
 installed: standard library and cloudpickle only, and no imports of this package.
 The rest of the package imports the wire format (REF_KEY, file names, atomic_write) from
 here, so both sides always agree.
@@ -34,6 +37,10 @@ PLAIN_TYPES = (str, int, float, bool, type(None))
 EXIT_USER_ERROR = 3
 HASH_MAX_BYTES = 64 << 20
 CONTROL = "AIRFLOW_INFRA_CONTROL_FD"  # names, in serve mode, the fd of the control socket to the worker
+# How a call that declared connections receives their values: "stdin" (a JSON document the
+# worker writes to the call's standard input, then closes). Unset: none, or (local target)
+# they came in the server's request. Only this word is in the environment, never a value.
+CONNECTIONS = "AIRFLOW_INFRA_CONNECTIONS"
 
 
 @contextmanager
@@ -269,7 +276,9 @@ def _file_sha256(path: str) -> str:
         return hashlib.sha256(fh.read()).hexdigest()
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], connections: dict[str, Any] | None = None) -> int:
+    """Run one call. `connections`: the declared connections' values, when the caller has
+    them in memory (the warm local server); otherwise CONNECTIONS says where to read them."""
     started = time.monotonic()
     call_path, out_dir = argv[1], argv[2]
     local_refs = {}
@@ -278,6 +287,13 @@ def main(argv: list[str]) -> int:
             local_refs = json.load(fh)
     outcome: dict[str, Any] = {"ok": False, "python": sys.version.split()[0]}
     try:
+        # Before the call is unpickled: a function may name connection() from the DAG's
+        # module, which unpickles as a reference to this module's.
+        source = os.environ.pop(CONNECTIONS, None)
+        if connections is None and source == "stdin":
+            connections = json.loads(sys.stdin.buffer.read() or b"{}")
+            sys.stdin.close()  # read to its end: the function has nothing more to read there
+        install_connections(connections or {})
         with open_read(call_path) as fh:
             call = pickle.load(fh)
         args = resolve_refs(list(call["args"]), local_refs)
@@ -397,7 +413,9 @@ def serve() -> int:
                     os.close(out)
                     os.chdir(request["cwd"])
                     os.environ.update(request["env"])
-                    code = main(["runtime", *request["argv"]])
+                    # In memory only, from the request: never in the server's environment
+                    # or a file (see airflow_infra/targets/local/server.py).
+                    code = main(["runtime", *request["argv"]], request.get("connections") or {})
                 except BaseException:  # noqa: BLE001 - reported on the call's own output
                     import traceback
 
@@ -409,15 +427,165 @@ def serve() -> int:
                     finally:  # never fall back into the server's loop
                         os._exit(code)
             os.close(out)  # the child's copy is the only writer: EOF reaches the worker when the call ends
-            _send(sock, {"call": request["call"], "pid": pid})
+            call_id = request["call"]
+            del request, line  # they hold the call's connection values: the server keeps no reference
+            _send(sock, {"call": call_id, "pid": pid})
             info = _wait_call(sock, pid)
             _killpg(pid)  # anything the call left running in its group (the zombie leader keeps the pgid reserved)
             signalled = info.si_code != os.CLD_EXITED
-            _send(sock, {"call": request["call"], "exit": -info.si_status if signalled else info.si_status})
+            _send(sock, {"call": call_id, "exit": -info.si_status if signalled else info.si_status})
             zombie = pid
     except (BrokenPipeError, ConnectionResetError):
         return 0  # the worker went away mid-reply
 
 
+# -- connections: what a function reads of the Airflow connections its task declared ---------
+#
+# The public face is airflow_infra.task_connections (the same objects). Where the task runs,
+# airflow_infra is not installed: this runtime registers itself as airflow_infra.runtime and
+# a module of the public names as airflow_infra.task_connections (_register_task_modules),
+# so `from airflow_infra.task_connections import connection`, in the function or at the top
+# of the DAG file, works in the task as it does on the worker.
+
+_task_connections: dict[str, TaskConnection] = {}
+
+
+class TaskConnection:
+    """One declared Airflow connection, as the function sees it: plain values, read-only.
+
+    conn_id, conn_type, host, login, password, port, schema, extra (a dict: a fresh copy on
+    each read) and get_uri(), as on Airflow's Connection. Its repr leaves out login, password
+    and extra, so that printing it does not put a credential in the task log."""
+
+    __slots__ = ("conn_id", "conn_type", "host", "login", "password", "port", "schema", "_extra")
+
+    def __init__(self, conn_id: str, fields: dict[str, Any]):
+        port = fields.get("port")
+        values = {
+            "conn_id": conn_id,
+            **{k: _str_or_none(fields.get(k)) for k in ("conn_type", "host", "login", "password", "schema")},
+            "port": int(port) if port not in (None, "") else None,
+            "_extra": dict(fields.get("extra") or {}),
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"connection {self.conn_id!r} is read-only")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"connection {self.conn_id!r} is read-only")
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self._extra))  # a copy: changing it changes nothing here
+
+    @property
+    def extra_dejson(self) -> dict[str, Any]:  # Airflow's name, for code moved from @task
+        return self.extra
+
+    def get_uri(self) -> str:
+        """The connection as a URI, in the form Airflow's Connection.get_uri gives."""
+        from urllib.parse import parse_qsl, quote, urlencode
+
+        uri = f"{(self.conn_type or '').lower().replace('_', '-')}://"
+        authority = ""
+        if self.login is not None:
+            authority += quote(self.login, safe="")
+        if self.password is not None:
+            authority += ":" + quote(self.password, safe="")
+        if authority:
+            uri += authority + "@"
+        host = quote(self.host, safe="") if self.host else ""
+        if self.port:
+            host += f"@:{self.port}" if not host and not authority else f":{self.port}"
+        if self.schema:
+            host += f"/{quote(self.schema, safe='')}"
+        uri += host
+        if self._extra:
+            try:
+                query = urlencode(self._extra)
+            except TypeError:
+                query = ""
+            if not (query and self._extra == dict(parse_qsl(query, keep_blank_values=True))):
+                query = urlencode({"__extra__": json.dumps(self._extra)})
+            uri += ("?" if self.schema else "/?") + query
+        return uri
+
+    def __repr__(self) -> str:
+        return f"TaskConnection(conn_id={self.conn_id!r}, conn_type={self.conn_type!r}, host={self.host!r})"
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def connection(conn_id: str) -> TaskConnection:
+    """The declared connection `conn_id` (@infra_task(connections=[...])), inside the task."""
+    try:
+        return _task_connections[conn_id]
+    except KeyError:
+        declared = ", ".join(repr(c) for c in _task_connections) or "none"
+        raise LookupError(
+            f"connection {conn_id!r} is not declared by this task (declared: {declared}); declare it with "
+            f"@infra_task(connections=[{conn_id!r}]), and read it inside the task's function"
+        ) from None
+
+
+def aws_environment(fields: dict[str, Any]) -> dict[str, str]:
+    """The variables boto3, s3fs and the AWS CLI read, from an `aws` connection's values."""
+    extra = fields.get("extra") or {}
+    values = {
+        "AWS_ACCESS_KEY_ID": fields.get("login") or extra.get("aws_access_key_id"),
+        "AWS_SECRET_ACCESS_KEY": fields.get("password") or extra.get("aws_secret_access_key"),
+        "AWS_SESSION_TOKEN": extra.get("aws_session_token"),
+        "AWS_DEFAULT_REGION": extra.get("region_name"),
+        "AWS_ENDPOINT_URL": extra.get("endpoint_url"),
+    }
+    return {name: str(value) for name, value in values.items() if value}
+
+
+# conn_type -> the environment variables client libraries read for it.
+CONNECTION_ENVIRONMENT = {"aws": aws_environment}
+
+
+def connection_environment(connections: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The variables the declared connections give, in declaration order: the first
+    connection of a type sets them (two aws connections cannot both be the default one)."""
+    env: dict[str, str] = {}
+    for fields in connections.values():
+        derive = CONNECTION_ENVIRONMENT.get(str(fields.get("conn_type") or "").lower())
+        for name, value in (derive(fields) if derive else {}).items():
+            env.setdefault(name, value)
+    return env
+
+
+def install_connections(connections: dict[str, dict[str, Any]]) -> None:
+    """Make the declared connections visible to the function: through connection(), and
+    through the variables client libraries read. A variable the task's environment already
+    has (its declared env=) is kept: what the DAG says explicitly wins."""
+    _task_connections.clear()
+    _task_connections.update({conn_id: TaskConnection(conn_id, fields) for conn_id, fields in connections.items()})
+    for name, value in connection_environment(connections).items():
+        os.environ.setdefault(name, value)
+
+
+def _register_task_modules() -> None:
+    """Where the task runs (this file is __main__), answer imports of airflow_infra.runtime
+    and airflow_infra.task_connections with this module, since the package is not installed there."""
+    import types
+
+    me = sys.modules[__name__]
+    public = types.ModuleType("airflow_infra.task_connections", "Declared Airflow connections, inside an infra task.")
+    public.connection, public.TaskConnection = connection, TaskConnection
+    public.__all__ = ["TaskConnection", "connection"]
+    package = types.ModuleType("airflow_infra", "What of airflow-infra exists where a task runs.")
+    package.__path__ = []  # a package, so that its submodules can be imported; it has only these two
+    package.runtime, package.task_connections = me, public
+    for name, module in (("airflow_infra", package), ("airflow_infra.runtime", me), ("airflow_infra.task_connections", public)):
+        sys.modules.setdefault(name, module)
+
+
 if __name__ == "__main__":
+    _register_task_modules()
     sys.exit(serve() if sys.argv[1:] == ["--serve"] else main(sys.argv))

@@ -40,6 +40,12 @@ PLANTED_WORKER_SECRET = f"planted-worker-{os.urandom(6).hex()}"
 PLANTED_ENV_VALUE = f"planted-env-{os.urandom(6).hex()}"
 os.environ["AIRFLOW_INFRA_TEST_WORKER_SECRET"] = PLANTED_WORKER_SECRET
 os.environ["AIRFLOW_VAR_PLANTED_API_TOKEN"] = PLANTED_ENV_VALUE  # an Airflow variable the DAG's env renders
+# And an Airflow connection's password, which tests/dags/infra_connections.py declares: it is
+# delivered to calls, and must be in no layer and no file of the store either.
+PLANTED_CONN_SECRET = f"planted-conn-{os.urandom(6).hex()}"
+os.environ["AIRFLOW_CONN_PLANTED_SESSION_DB"] = json.dumps(
+    {"conn_type": "postgres", "host": "db.internal", "login": "session", "password": PLANTED_CONN_SECRET}
+)
 
 DAGS.mkdir(parents=True)
 for source in [*(REPO / "dags_examples").glob("*.py"), *(REPO / "tests" / "dags").iterdir()]:

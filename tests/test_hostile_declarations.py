@@ -50,6 +50,11 @@ HOSTILE: dict[str, list] = {
     "timeout": ["soon", -1, 0, "0s", "1e400", 10**400, float("inf"), float("nan"), "1y", "1h\n", True, [1],
                 dt.timedelta(0), dt.timedelta(days=400), "400d"],
     "requirements": ["", " ", "x\n", "a\0b", "missing.txt", "/etc/passwd-not-there", 5],
+    "connections": [
+        "warehouse", {"warehouse": 1}, 5, b"warehouse", [1], [None], [b"warehouse"], [["nested"]], [""], [" "],
+        ["a" * 251], ["bad id"], ["a/b"], ["warehouse\n"], ["warehouse\r\nx"], ["x\0"], ["-x"], [".x"], ["x;rm"],
+        ["$(id)"], ["`id`"], ["../x"], ["caf\u00e9"], ["warehouse", "warehouse"], ["c"] * 33,
+    ],
     "target": ["Not A Name", "local\n", "a" * 80, "../x", "", "-x", 5, ["local"], None if False else "auto\n"],
 }
 CASES = [(field, value) for field, values in HOSTILE.items() for value in values]

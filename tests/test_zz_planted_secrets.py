@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HOME, PLANTED_ENV_VALUE, PLANTED_WORKER_SECRET
+from tests.conftest import HOME, PLANTED_CONN_SECRET, PLANTED_ENV_VALUE, PLANTED_WORKER_SECRET
 
 pytestmark = pytest.mark.integration
 REGISTRY = "http://127.0.0.1:5000"
 REGISTRY_BLOBS = Path(os.environ.get("REGISTRY_DIR", "/tmp/airflow-infra-registry")) / "data/docker/registry/v2/blobs/sha256"
-SECRETS = (PLANTED_WORKER_SECRET.encode(), PLANTED_ENV_VALUE.encode())
+SECRETS = (PLANTED_WORKER_SECRET.encode(), PLANTED_ENV_VALUE.encode(), PLANTED_CONN_SECRET.encode())
 MANIFESTS = ", ".join(
     (
         "application/vnd.oci.image.manifest.v1+json",
@@ -68,13 +68,13 @@ def test_no_planted_secret_in_any_layer_this_session_pushed(docker_infra):
     assert not leaks, leaks
 
 
-def test_no_task_env_value_in_the_artifact_store():
+def test_no_task_env_value_or_connection_value_in_the_artifact_store():
     files = [f for store in HOME.rglob("artifacts") if store.is_dir() for f in store.rglob("*") if f.is_file()]
     if not files:
         pytest.skip("no call stored in this session")
     leaks = []
     for file in files:
         with open(file, "rb") as stream:
-            if _contains(stream, (PLANTED_ENV_VALUE.encode(),)):
+            if _contains(stream, (PLANTED_ENV_VALUE.encode(), PLANTED_CONN_SECRET.encode())):
                 leaks.append(str(file))
     assert not leaks, leaks

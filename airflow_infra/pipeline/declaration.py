@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,39 @@ def _dags_folder() -> Path | None:
 
     configured = conf.get("core", "dags_folder", fallback="")
     return Path(configured).resolve() if configured else None
+
+
+# A connection id: what Airflow's own ids look like in practice (letters, digits, '_', '.',
+# '-'), at most 250 characters as in Airflow's table. Stricter than Airflow allows (it also
+# takes ':', '/', '#', ...), so an id can never carry shell, path or YAML syntax anywhere
+# it is named (a later kind's Secret or Secrets Manager name).
+CONN_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}\Z")
+MAX_CONNECTIONS = 32
+
+
+def check_connections(value: object, dag_id: str | None, task_id: str | None) -> list[str] | None:
+    """The declared `connections` as a list of ids, or an InfraSpecError naming DAG, task and
+    field. Names only: each connection is looked up when the task runs, never at parse time."""
+    if value is None:
+        return None
+    prefix = f"{where(dag_id, task_id)}: connections="
+    if type(value) not in (list, tuple):
+        raise InfraSpecError(
+            f"{prefix}{type(value).__name__}: give a list of Airflow connection ids, e.g. connections=['warehouse']"
+        )
+    if len(value) > MAX_CONNECTIONS:
+        raise InfraSpecError(f"{prefix}[...] declares {len(value)} connections; at most {MAX_CONNECTIONS}")
+    seen: set[str] = set()
+    for item in value:
+        if type(item) is not str:
+            raise InfraSpecError(f"{prefix}[...]: an item is a {type(item).__name__}; each must be a connection id (a str)")
+        if not CONN_ID.match(item):
+            shown = repr(item[:60]) + ("..." if len(item) > 60 else "")
+            raise InfraSpecError(
+                f"{prefix}[...]: {shown} is not a connection id: 1 to 250 of letters, digits, '_', '.' and '-', "
+                "not starting with '.' or '-'"
+            )
+        if item in seen:
+            raise InfraSpecError(f"{prefix}[...]: {item!r} is declared twice; name each connection once")
+        seen.add(item)
+    return list(value)

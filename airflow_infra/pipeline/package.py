@@ -69,6 +69,7 @@ def package_call(
     dag_file: str | None,
     log: Logger,
     context: Any,
+    connections: Any = None,
 ) -> Packaged:
     from airflow_infra.codeship import code_fingerprint, dumps_call
 
@@ -99,6 +100,8 @@ def package_call(
         # the plugin, the client and anyone with read access to the store.
         "environment": plan.environment.model_dump(mode="json", exclude={"env"}),
         "env_names": sorted(plan.environment.env),
+        # Likewise the declared connections' ids, never their values.
+        "connections": connections.ids if connections else [],
         "environment_hash": plan.environment_hash,
         "resources": plan.resources.model_dump(mode="json"),
         "refs": refs,  # the artifacts the arguments name, for a later attempt that reopens the call
@@ -119,6 +122,7 @@ def package_call(
         requirements_path=plan.requirements_path,
         requirements_text=plan.requirements_text,
         context=context,
+        connections=connections,
     )
     return Packaged(call, meta, args, kwargs)
 

@@ -72,6 +72,9 @@ class Call:
     requirements_text: str | None = None
     context: Any = None  # Airflow's task context: for provider operators a kind delegates to
     links: dict[str, str] = field(default_factory=dict)  # extra links recorded so far: {part: url}
+    # The declared Airflow connections' values (pipeline.connections.ConnectionValues), for
+    # the runner to deliver to the call; never written anywhere. Out of repr and comparisons.
+    connections: Any = field(default=None, repr=False, compare=False)
 
     @property
     def where(self) -> str:
@@ -129,6 +132,10 @@ class Runner(ABC):
     """One kind's implementation of the verbs, for one call at a time (a fresh runner per call)."""
 
     kind: ClassVar[str]
+    # Whether submit() delivers call.connections to the call (each kind its own way, never
+    # through a file in the store, a spec's plain env, arguments or a log). Calls that
+    # declare connections are refused on kinds that do not, before anything is built.
+    delivers_connections: ClassVar[bool] = False
 
     def __init__(self, name: str, target: TargetConfig, config: InfraConfig):
         self.name, self.target, self.config = name, target, config

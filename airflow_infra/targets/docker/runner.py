@@ -12,9 +12,11 @@ import hashlib
 import json
 import os
 import re
+import socket
 import time
 import uuid
 
+from airflow_infra import runtime
 from airflow_infra.errors import InfraTaskFailed
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner, deadline, explain_process_end
 from airflow_infra.targets.image import prepare_image
@@ -62,6 +64,7 @@ def engine_address() -> str:
 
 class DockerRunner(Runner):
     kind = "docker"
+    delivers_connections = True  # over the container's standard input (deliver_connections)
 
     _reference: str
     _staged: StagedCall | None = None
@@ -111,23 +114,40 @@ class DockerRunner(Runner):
 
     def _run_container(self, call: Call, staged: StagedCall):
         resources = call.resources
-        return self.engine.containers.run(
+        connections = call.connections.document() if call.connections else None
+        container = self.engine.containers.create(
             self._reference,
             command=staged.argv,
-            detach=True,
+            # With connections: stdin open, and closed for the container once our one write
+            # ends (docker-py sets StdinOnce only for a container created not detached).
+            detach=connections is None,
+            stdin_open=connections is not None,
             name=f"airflow-infra-{uuid.uuid4().hex[:12]}",
             network_mode="host",
             # The call's folders and inputs at the same paths, written as the worker's own user.
             volumes={str(p): {"bind": str(p), "mode": mode} for p, mode in staged.mounts.items()},
             user=f"{os.getuid()}:{os.getgid()}",
             working_dir=str(staged.scratch),
-            environment={**call.environment.env, "HOME": str(staged.scratch)},
+            environment={
+                **call.environment.env,
+                "HOME": str(staged.scratch),
+                **({runtime.CONNECTIONS: "stdin"} if connections is not None else {}),  # where, never what
+            },
             mem_limit=resources.memory,
             memswap_limit=resources.memory,  # no swap beyond the limit
             nano_cpus=int(resources.cpu * 1e9) if resources.cpu else None,
             shm_size=resources.shm,
             labels=container_labels(call),
         )
+        try:
+            if connections is None:
+                container.start()
+            else:
+                deliver_connections(container, connections)
+        except BaseException:
+            self._container_call(Handle(self.kind, self.name, container.id, call.folder_uri), "remove", force=True)
+            raise
+        return container
 
     def wait(self, call: Call, handle: Handle) -> Deferral | None:
         try:
@@ -220,3 +240,26 @@ class DockerRunner(Runner):
             # The engine is gone: nothing can be stopped or removed now. The failure is
             # explained once (explain); the next try removes the container.
             handle.details.setdefault("engine_lost", f"{engine_address()}: {type(exc).__name__}")
+
+
+def deliver_connections(container, connections: dict) -> None:
+    """Start the container and write the connections' values to its standard input, which
+    the runtime reads to its end before it loads the call.
+
+    Over stdin rather than anything else a container can be given: environment values and
+    command arguments show in `docker inspect` (and in the engine's state on disk); a bind-
+    mounted file would put them on the worker's disk; a tmpfs mount starts empty, and
+    filling it needs an exec or an archive upload whose timing races the call. An attached
+    stdin is a stream from this process to the call's, held by nobody else."""
+    sock = container.attach_socket(params={"stdin": 1, "stream": 1})  # before start: nothing written is lost
+    raw = getattr(sock, "_sock", sock)  # docker-py hands the attach stream as a SocketIO over the socket
+    try:
+        container.start()
+        raw.sendall(json.dumps(connections).encode())
+    finally:
+        try:
+            raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        raw.close()
+        sock.close()

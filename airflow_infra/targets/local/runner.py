@@ -15,6 +15,7 @@ from airflow_infra.targets.staging import StagedCall
 
 class LocalRunner(Runner):
     kind = "local"
+    delivers_connections = True  # in the request the warm server forks the call from (server.py)
 
     _python: Path
     _staged: StagedCall | None = None
@@ -40,7 +41,8 @@ class LocalRunner(Runner):
         handle = Handle(self.kind, self.name, "", call.folder_uri)
         try:
             server = server_for(self._python, child_environ({}))
-            self._running = server.start(self._staged.argv, self._staged.scratch, call.environment.env)
+            connections = call.connections.document() if call.connections else None
+            self._running = server.start(self._staged.argv, self._staged.scratch, call.environment.env, connections)
         except ServerGone as exc:
             forget(self._python)
             handle.details["server_died"] = str(exc)

@@ -78,8 +78,13 @@ class RuntimeServer:
     def alive(self) -> bool:
         return not self._gone and self.proc.poll() is None
 
-    def start(self, argv: list[str], cwd: Path, env: dict[str, str]) -> RunningCall:
-        """Hand the call to the server; returns once its pid is known."""
+    def start(self, argv: list[str], cwd: Path, env: dict[str, str], connections: dict[str, Any] | None = None) -> RunningCall:
+        """Hand the call to the server; returns once its pid is known.
+
+        `connections`: the declared connections' values. They travel in this request only,
+        over the socket, and the forked child installs them in its own memory and
+        environment: they never reach the server's environment (which every later call
+        inherits), the worker's, or a file."""
         with self._io:
             if not self.alive:
                 raise ServerGone(self._describe_end())
@@ -94,7 +99,9 @@ class RuntimeServer:
             call = self._current = RunningCall(self, self._last_id)
             read_end, write_end = os.pipe()
             call._output = read_end
-            request = json.dumps({"call": call._id, "argv": argv, "cwd": str(cwd), "env": env}).encode() + b"\n"
+            request = json.dumps(
+                {"call": call._id, "argv": argv, "cwd": str(cwd), "env": env, "connections": connections or {}}
+            ).encode() + b"\n"
             try:
                 sent = socket.send_fds(self._sock, [request], [write_end])
                 self._sock.sendall(request[sent:])  # a signal can cut a large send short

@@ -93,8 +93,13 @@ def _build(environment: Environment, root: Path, requirements_path: Path | None,
 
 
 def child_environ(declared: dict[str, str]) -> dict[str, str]:
-    """The worker's environment minus Airflow's own settings and Python path, plus the declared variables."""
-    drop_prefixes = ("AIRFLOW", "_AIRFLOW", "PYTHON", "VIRTUAL_ENV", "UV_")
+    """The worker's environment minus Airflow's own settings and Python path, plus the declared variables.
+
+    Minus the worker's AWS variables too: they are the worker's credentials, and a call gets
+    AWS credentials only from an `aws` connection it declares (or its env=). The call does
+    not need them for an S3 artifact store: the local kind stages the call's files through
+    the worker (targets/staging.py), and the runtime reads and writes local paths only."""
+    drop_prefixes = ("AIRFLOW", "_AIRFLOW", "PYTHON", "VIRTUAL_ENV", "UV_", "AWS_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop_prefixes)}
     env.update(declared)
     env["PYTHONUNBUFFERED"] = "1"

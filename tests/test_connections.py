@@ -1,0 +1,281 @@
+"""Airflow connections inside infra tasks (issue 18): declared, looked up when the task runs,
+delivered by the local and docker targets, and found nowhere else.
+
+The integration tests plant distinctive values in connections through the run's
+AIRFLOW_CONN_* variables (JSON form), then look for them in the artifact store, the task
+log, `docker inspect` and every process's environment and command line while the call
+holds them: no hits. The function reports digests of what it saw, which must match."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from airflow.sdk import DAG
+
+from airflow_infra import infra_task
+from airflow_infra.errors import InfraSpecError, InfraTaskFailed
+from airflow_infra.runtime import TaskConnection, connection_environment, install_connections
+from tests.conftest import HOME, PLANTED_CONN_SECRET
+
+
+def digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+# -- the API inside the task (the runtime's objects; no Airflow needed) -----------------------
+
+
+def test_a_task_connection_is_plain_read_only_and_gives_airflows_uri():
+    from airflow.sdk.definitions.connection import Connection
+
+    fields = {"conn_type": "postgres", "host": "db.example", "login": "u s", "password": "p@ss/word",
+              "port": 5432, "schema": "sales", "extra": {"sslmode": "require"}}
+    conn = TaskConnection("warehouse", fields)
+    assert (conn.conn_id, conn.host, conn.port, conn.schema, conn.extra) == ("warehouse", "db.example", 5432, "sales", {"sslmode": "require"})
+    airflow = Connection(conn_id="warehouse", **{**fields, "extra": json.dumps(fields["extra"])})
+    assert conn.get_uri() == airflow.get_uri()
+    nested = TaskConnection("n", {"conn_type": "http", "host": "h", "extra": {"a": {"b": 1}}})
+    assert nested.get_uri() == Connection(conn_id="n", conn_type="http", host="h", extra='{"a": {"b": 1}}').get_uri()
+    with pytest.raises(AttributeError, match="read-only"):
+        conn.password = "x"
+    conn.extra["sslmode"] = "disable"
+    assert conn.extra == {"sslmode": "require"}
+    assert "p@ss" not in repr(conn) and "u s" not in repr(conn)
+
+
+def test_an_aws_connection_gives_the_variables_client_libraries_read(monkeypatch):
+    aws = {"conn_type": "aws", "login": "AKIA1", "password": "secret1",
+           "extra": {"region_name": "eu-west-1", "endpoint_url": "http://127.0.0.1:5001", "aws_session_token": "tok"}}
+    other = {"conn_type": "aws", "login": "AKIA2", "password": "secret2", "extra": {}}
+    env = connection_environment({"first": aws, "second": other, "db": {"conn_type": "postgres", "login": "x"}})
+    assert env == {"AWS_ACCESS_KEY_ID": "AKIA1", "AWS_SECRET_ACCESS_KEY": "secret1", "AWS_SESSION_TOKEN": "tok",
+                   "AWS_DEFAULT_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:5001"}
+    # A variable the task's env= sets is kept: what the DAG says explicitly wins.
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-2")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        install_connections({"first": aws})
+        assert os.environ["AWS_DEFAULT_REGION"] == "us-east-2" and os.environ["AWS_ACCESS_KEY_ID"] == "AKIA1"
+        from airflow_infra.task_connections import connection
+
+        assert connection("first").login == "AKIA1"
+        with pytest.raises(LookupError, match="'second' is not declared by this task"):
+            connection("second")
+    finally:
+        install_connections({})
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+            os.environ.pop(name, None)
+
+
+# -- the declaration ---------------------------------------------------------------------------
+
+
+def test_connections_are_declared_on_the_decorator_the_operator_and_the_mapped_forms():
+    from airflow_infra.operator import InfraOperator
+
+    with DAG("conns_dag", schedule=None):
+
+        @infra_task(connections=["warehouse", "aws_default"])
+        def fit(x=1):
+            return x
+
+        assert fit().operator.connections == ["warehouse", "aws_default"]
+        assert fit.override(task_id="other", connections=("a.b-c",))().operator.connections == ["a.b-c"]
+        assert InfraOperator(task_id="classic", python_callable=len, connections=["db"]).connections == ["db"]
+        assert InfraOperator(task_id="none", python_callable=len).connections is None
+        fit.expand(x=[1, 2])
+        for bad_form in ("expand", "partial"):
+            with pytest.raises(InfraSpecError, match="DAG 'conns_dag', task 'mapped_.*connections="):
+                if bad_form == "expand":
+                    fit.override(task_id="mapped_e", connections=["bad id"]).expand(x=[1])
+                else:
+                    InfraOperator.partial(task_id="mapped_p", python_callable=len, connections="db").expand(op_args=[[1]])
+
+
+def test_a_target_that_cannot_deliver_connections_refuses_the_call_before_anything_runs():
+    from airflow_infra.pipeline.connections import require_delivery
+    from airflow_infra.targets import get_kind
+
+    with pytest.raises(InfraSpecError, match="target 'k8s' \\(kind 'kubernetes'\\) cannot deliver Airflow connections"):
+        require_delivery(get_kind("kubernetes").load_runner(), "k8s", "kubernetes", ["db"], "DAG 'd', task 't'")
+    for kind in ("local", "docker"):
+        require_delivery(get_kind(kind).load_runner(), kind, kind, ["db"], "DAG 'd', task 't'")
+
+
+def test_a_missing_connection_is_named(monkeypatch):
+    from airflow_infra.pipeline.connections import resolve_connections
+
+    monkeypatch.setenv("AIRFLOW_CONN_PRESENT_ONE", json.dumps({"conn_type": "http", "host": "h", "password": "pw-xyz"}))
+    values = resolve_connections(["present_one"], "DAG 'd', task 't'")
+    assert values.document()["present_one"]["password"] == "pw-xyz" and "pw-xyz" not in repr(values)
+    with pytest.raises(InfraTaskFailed, match="DAG 'd', task 't': connections: no Airflow connection 'absent_one'"):
+        resolve_connections(["present_one", "absent_one"], "DAG 'd', task 't'")
+
+
+# -- end to end: local and docker ----------------------------------------------------------------
+
+
+def _planted() -> tuple[dict[str, str], dict[str, str]]:
+    """Fresh distinctive values, and the run's AIRFLOW_CONN_* variables that carry them."""
+    tag = os.urandom(5).hex()
+    values = {
+        "login": f"planted-login-{tag}", "password": f"planted-password-{tag}", "token": f"planted-extra-{tag}",
+        "aws_key": f"PLANTEDKEY{tag.upper()}", "aws_secret": f"planted-aws-secret-{tag}", "aws_token": f"planted-aws-token-{tag}",
+        "worker_aws_secret": f"planted-worker-aws-{tag}",
+    }
+    env = {
+        "AIRFLOW_CONN_PLANTED_WAREHOUSE": json.dumps({
+            "conn_type": "postgres", "host": "db.internal", "port": 5439, "schema": "sales",
+            "login": values["login"], "password": values["password"], "extra": {"token": values["token"]},
+        }),
+        "AIRFLOW_CONN_PLANTED_AWS": json.dumps({
+            "conn_type": "aws", "login": values["aws_key"], "password": values["aws_secret"],
+            "extra": {"aws_session_token": values["aws_token"], "region_name": "eu-central-1", "endpoint_url": "http://127.0.0.1:5001"},
+        }),
+        # The worker's own AWS credentials: no local call may see them unless it declares an aws connection.
+        "AWS_ACCESS_KEY_ID": "PLANTEDWORKERKEY", "AWS_SECRET_ACCESS_KEY": values["worker_aws_secret"],
+    }
+    return values, env
+
+
+def _processes_holding(secrets: list[bytes], exclude: set[int]) -> tuple[list[str], list[bytes]]:
+    """Every process of this machine whose environment or command line holds a secret, and
+    the command lines of the processes looked at. Left out: `exclude`, and the processes the
+    test itself gave the values to (the run's `airflow dags test` and what inherits its
+    environment: the planting variable is there)."""
+    found, looked = [], []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in exclude:
+            continue
+        try:
+            environ, cmdline = (entry / "environ").read_bytes(), (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"AIRFLOW_CONN_PLANTED_WAREHOUSE=" in environ:
+            continue
+        looked.append(cmdline)
+        found += [f"{entry.name}: {s.decode()}" for s in secrets if s in environ or s in cmdline]
+    return found, looked
+
+
+def _files_holding(root: Path, secrets: list[bytes]) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            found += [f"{path}: {s.decode()}" for s in secrets if s in data]
+    return found
+
+
+def _run_holding(dags, env: dict[str, str], look):
+    """Run infra_connections; while reads_them holds its connections, call look(call_pid)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(900)
+    result = {}
+    runner = threading.Thread(
+        target=lambda: result.setdefault("run", dags.test("infra_connections", conf={"port": listener.getsockname()[1]}, env=env, timeout=900))
+    )
+    runner.start()
+    seen = None
+    try:
+        hold, _ = listener.accept()
+        with hold:
+            pid = int(hold.makefile().readline())
+            try:
+                seen = look(pid)
+            finally:
+                hold.sendall(b"x")
+    finally:
+        runner.join()
+        listener.close()
+    return result["run"], seen
+
+
+def _check_run(run, values: dict[str, str], target: str) -> None:
+    assert run.succeeded, run.output[-4000:]
+    seen = run.result("reads_them")
+    assert (seen["conn_id"], seen["conn_type"], seen["host"], seen["port"], seen["schema"]) == (
+        "planted_warehouse", "postgres", "db.internal", 5439, "sales")
+    assert seen["login"] == digest(values["login"]) and seen["password"] == digest(values["password"])
+    assert seen["extra_token"] == digest(values["token"])
+    uri = f"postgres://{values['login']}:{values['password']}@db.internal:5439/sales?token={values['token']}"
+    assert seen["uri"] == digest(uri)
+    assert seen["writable"] is False and seen["repr_has_password"] is False
+    assert "'not_declared' is not declared by this task" in seen["undeclared"]
+    assert seen["aws"] == {
+        "AWS_ACCESS_KEY_ID": digest(values["aws_key"]), "AWS_SECRET_ACCESS_KEY": digest(values["aws_secret"]),
+        "AWS_SESSION_TOKEN": digest(values["aws_token"]), "AWS_DEFAULT_REGION": digest("eu-central-1"),
+        "AWS_ENDPOINT_URL": digest("http://127.0.0.1:5001"),
+    }
+    assert seen["plain"] == "declared" and seen["session_password"] == digest(PLANTED_CONN_SECRET)
+    none = run.result("declares_none")
+    # It ran after reads_them (locally, forked from the same warm server): nothing stayed behind.
+    assert "'planted_warehouse' is not declared by this task" in none["refused"]
+    # No declared aws connection: not the worker's AWS credentials either, nor reads_them's.
+    assert none["aws"] == dict.fromkeys(seen["aws"]), none
+    assert run.call("reads_them")["connections"] == ["planted_warehouse", "planted_aws", "planted_session_db"]
+    assert run.call("reads_them")["target"] == target
+    assert [run.result("mapped", i) for i in (0, 1)] == [[1, digest(PLANTED_CONN_SECRET)], [2, digest(PLANTED_CONN_SECRET)]]
+    secrets = [v.encode() for k, v in values.items()] + [PLANTED_CONN_SECRET.encode()]
+    assert not _files_holding(run.artifacts, secrets)  # call.json, call.pkl, handle.json, outcome.json, results
+    assert not _files_holding(HOME / "logs", secrets)  # the task logs
+    assert not [s for s in secrets if s in run.output.encode()]  # what the run printed
+
+
+@pytest.mark.integration
+def test_local_calls_get_their_connections_in_memory_only(dags):
+    values, env = _planted()
+    secrets = [v.encode() for k, v in values.items() if k != "worker_aws_secret"]
+    run, (holders, looked) = _run_holding(dags, env, lambda pid: _processes_holding(secrets, {pid}))
+    # While the call held them, no other process had them in its environment or arguments:
+    # not the warm runtime server every later call forks from (looked at, as it has none of
+    # the worker's Airflow variables), nor anything else.
+    assert holders == [], holders
+    assert any(b"runtime.py\0--serve" in cmdline for cmdline in looked)
+    _check_run(run, values, "local")
+
+
+@pytest.mark.integration
+def test_docker_calls_get_their_connections_over_stdin_never_in_docker_inspect(dags, docker_yaml):
+    docker_yaml()
+    values, env = _planted()
+    secrets = [v.encode() for k, v in values.items() if k != "worker_aws_secret"]
+
+    def look(_pid: int) -> dict:
+        ids = subprocess.run(
+            ["docker", "ps", "-q", "--filter", "label=org.airflow-infra.task=reads_them",
+             "--filter", "label=org.airflow-infra.dag=infra_connections"],
+            check=True, capture_output=True, text=True,
+        ).stdout.split()
+        inspected = subprocess.run(["docker", "inspect", *ids], check=True, capture_output=True).stdout
+        return {"ids": ids, "inspect": inspected, "processes": _processes_holding(secrets, set())[0]}
+
+    run, seen = _run_holding(dags, {**env, "AIRFLOW_INFRA_TARGET": "docker"}, look)
+    assert len(seen["ids"]) == 1, seen["ids"]
+    assert not [s for s in secrets if s in seen["inspect"]]
+    config = json.loads(seen["inspect"])[0]["Config"]
+    assert "AIRFLOW_INFRA_CONNECTIONS=stdin" in config["Env"] and not any(e.startswith("AWS_") for e in config["Env"])
+    assert seen["processes"] == [], seen["processes"]
+    _check_run(run, values, "docker")
+
+
+@pytest.mark.integration
+def test_a_missing_connection_or_a_target_that_cannot_deliver_fails_the_task_before_anything_is_submitted(dags, docker_yaml):
+    docker_yaml("  k8s: {kind: kubernetes, namespace: ml}\n")
+    _, env = _planted()
+    run = dags.test("infra_connections_missing", env=env)
+    assert not run.succeeded
+    assert "DAG 'infra_connections_missing', task 'never_runs': connections: no Airflow connection 'no_such_connection'" in run.output
+    assert (
+        "DAG 'infra_connections_missing', task 'on_kubernetes': connections=['planted_session_db']: "
+        "target 'k8s' (kind 'kubernetes') cannot deliver Airflow connections"
+    ) in run.output
+    assert not (run.artifacts / "infra_connections_missing").exists()  # no call was packaged, let alone run

@@ -1,16 +1,32 @@
-"""A TEST DOUBLE of the Kubernetes API, not a Kubernetes: just enough of core/v1 pods for the
-real KubernetesPodOperator (blocking and deferrable) to run a pod end to end on this machine.
+"""A TEST DOUBLE of the Kubernetes API, not a Kubernetes: enough of core/v1 pods for the real
+KubernetesPodOperator (blocking and deferrable) to run a pod end to end on this machine, with
+the timing and rules of a real control plane and kubelet where the provider can tell.
 
-Each pod becomes one Docker container on the local engine (host network): the image is
-pulled if missing (a failed pull shows as ErrImagePull, like a kubelet), memory/CPU limits
-become the container's cgroup limits, a memory-backed emptyDir at /dev/shm becomes its shm
-size, securityContext.runAsUser/runAsGroup its user, activeDeadlineSeconds a deadline after
-which the pod fails with reason DeadlineExceeded, and an OOM kill shows as OOMKilled/137.
+Each pod becomes one Docker container on the local engine (host network). Like a cluster:
+- create answers `{phase: Pending}` alone; every later step comes `--pace` seconds (default
+  1 s) after the last, in a thread: scheduling, container creation, a pull's failure;
+- three fake nodes (two CPU nodes of 4 cores/16Gi, one GPU node of 8 cores/32Gi/4
+  `nvidia.com/gpu`, label accelerator=nvidia): a pod's requests (its limits where it gives no
+  requests) must fit a node's unused allocatable and its nodeSelector and tolerations must
+  match, else it stays Pending with PodScheduled=False/Unschedulable and a FailedScheduling
+  event quoting the scheduler ("0/3 nodes are available: 3 Insufficient nvidia.com/gpu. ...");
+- a missing image is pulled; a failed pull shows, seconds later, as ErrImagePull then
+  ImagePullBackOff (alternating, retried with doubling back-off) with Failed/BackOff events;
+- `runAsNonRoot` with an image that runs as root: CreateContainerConfigError, pod Pending;
+- memory/CPU limits become cgroup limits; a memory-backed emptyDir at /dev/shm the shm size;
+  runAsUser/runAsGroup the user; activeDeadlineSeconds a deadline, then DeadlineExceeded;
+  an OOM kill shows as OOMKilled/137 (and only an OOM kill does);
+- invalid names and labels get 422 Invalid, as the API server's validation gives them;
+- deletion is graceful: a running pod stays listed with a deletionTimestamp, its container
+  gets SIGTERM, then SIGKILL after the grace period (the request's, else the pod's, else 30 s).
 
 Served: pods create/get/list (labelSelector)/patch (labels, annotations)/delete, pod logs
-(follow, timestamps, sinceSeconds), events list. No scheduling, no nodes, no auth, no watch.
+(follow, timestamps, sinceSeconds), events list. NOT modelled (a real cluster differs): no
+watch streams (lists only), no eviction (ephemeral-storage is not enforced), only the first
+container runs (no init containers, no sidecars), no auth, no admission webhooks, no
+preemption, no node failures, no restarts (restartPolicy is Never for the operator's pods).
 
-    python dev/fake_kube_api.py --port 5002
+    python dev/fake_kube_api.py --port 5002 [--pace 1.0]
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import threading
 import time
@@ -68,13 +85,78 @@ def matches(labels: dict, selector: str) -> bool:
     return True
 
 
+# Names and labels as the API server validates them (apimachinery's validation rules).
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]\Z")
+LABEL_VALUE_RULE = ("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
+                    "and must start and end with an alphanumeric character")
+
+
+def invalid_fields(pod: dict) -> list[str]:
+    """What a real API server answers 422 for in the fields the provider sets (a subset)."""
+    meta = pod.get("metadata") or {}
+    name = meta.get("name") or ""
+    problems = []
+    if len(name) > 253 or not DNS_SUBDOMAIN.match(name):
+        problems.append(f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower '
+                        "case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character")
+    for key, value in (meta.get("labels") or {}).items():
+        prefix, _, label = key.rpartition("/")
+        if not label or len(label) > 63 or not LABEL_NAME.match(label) or (prefix and not DNS_SUBDOMAIN.match(prefix)):
+            problems.append(f'metadata.labels: Invalid value: "{key}": name part must consist of alphanumeric characters, '
+                            "'-', '_' or '.', and must start and end with an alphanumeric character")
+        if value and (len(value) > 63 or not LABEL_NAME.match(str(value))):
+            problems.append(f'metadata.labels: Invalid value: "{value}": {LABEL_VALUE_RULE}')
+    return problems
+
+
+# Fake nodes (a small cluster: two CPU nodes and one GPU node). Allocatable as a kubelet reports it.
+NODES = [
+    {"name": "node-1", "labels": {"kubernetes.io/hostname": "node-1"}, "taints": [],
+     "allocatable": {"cpu": 4.0, "memory": 16 << 30, "ephemeral-storage": 100 << 30, "nvidia.com/gpu": 0}},
+    {"name": "node-2", "labels": {"kubernetes.io/hostname": "node-2"}, "taints": [],
+     "allocatable": {"cpu": 4.0, "memory": 16 << 30, "ephemeral-storage": 100 << 30, "nvidia.com/gpu": 0}},
+    {"name": "gpu-1", "labels": {"kubernetes.io/hostname": "gpu-1", "accelerator": "nvidia"}, "taints": [],
+     "allocatable": {"cpu": 8.0, "memory": 32 << 30, "ephemeral-storage": 200 << 30, "nvidia.com/gpu": 4}},
+]
+
+
+def pod_requests(spec: dict) -> dict[str, float]:
+    """The pod's requests as the scheduler sums them: per container, requests, or its limits
+    where no request is given (the API server defaults them so)."""
+    total: dict[str, float] = {}
+    for container in spec.get("containers") or []:
+        resources = container.get("resources") or {}
+        wanted = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+        for key, value in wanted.items():
+            amount = to_cores(value) if key == "cpu" else float(to_bytes(value)) if key in ("memory", "ephemeral-storage") else float(value)
+            total[key] = total.get(key, 0.0) + amount
+    return total
+
+
+def tolerates(spec: dict, taint: dict) -> bool:
+    for toleration in spec.get("tolerations") or []:
+        if toleration.get("key") in (None, taint["key"]) and toleration.get("effect") in (None, "", taint["effect"]):
+            if toleration.get("operator") == "Exists" or toleration.get("value") == taint.get("value"):
+                return True
+    return False
+
+
 class Cluster:
-    def __init__(self) -> None:
+    """Pods through the phases a control plane and a kubelet take them, each step a little
+    later than the last (--pace seconds): Pending (as created), scheduled on a fake node or
+    Unschedulable with a FailedScheduling event, ContainerCreating, image pulled (or
+    ErrImagePull / ImagePullBackOff, retried with back-off), running, terminated. Deletion is
+    graceful: a running pod stays listed with a deletionTimestamp, gets SIGTERM, and SIGKILL
+    after its grace period."""
+
+    def __init__(self, pace: float) -> None:
         self.docker = docker.from_env(version="auto")
         self.pods: dict[tuple[str, str], dict] = {}
         self.events: list[dict] = []
         self.lock = threading.RLock()
         self.version = 1
+        self.pace = pace
 
     def _bump(self, obj: dict) -> None:
         self.version += 1
@@ -99,21 +181,23 @@ class Cluster:
         with self.lock:
             if (namespace, meta.get("name")) in self.pods:
                 raise KeyError(meta.get("name"))
-            container = pod["spec"]["containers"][0]
-            pod["status"] = {
-                "phase": "Pending",
-                "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}],
-                "containerStatuses": [self._waiting(container, "ContainerCreating", "")],
-            }
+            pod["status"] = {"phase": "Pending", "qosClass": "Burstable"}  # all a create answers with
             self._bump(pod)
             self.pods[(namespace, meta["name"])] = pod
         threading.Thread(target=self._run, args=(pod,), daemon=True).start()
         return pod
 
+    def _gone(self, pod: dict) -> bool:
+        meta = pod["metadata"]
+        return self.pods.get((meta["namespace"], meta["name"])) is not pod or "deletionTimestamp" in meta
+
     @staticmethod
     def _waiting(container: dict, reason: str, message: str) -> dict:
+        state: dict = {"reason": reason}
+        if message:
+            state["message"] = message
         return {"name": container["name"], "image": container["image"], "imageID": "", "ready": False,
-                "restartCount": 0, "state": {"waiting": {"reason": reason, "message": message}}}
+                "restartCount": 0, "started": False, "state": {"waiting": state}}
 
     def _set(self, pod: dict, phase: str, state: dict, **extra) -> None:
         with self.lock:
@@ -124,23 +208,125 @@ class Cluster:
             status_.update(extra)
             self._bump(pod)
 
+    def _condition(self, pod: dict, kind: str, value: str, **extra) -> None:
+        with self.lock:
+            conditions = [c for c in pod["status"].setdefault("conditions", []) if c["type"] != kind]
+            conditions.append({"type": kind, "status": value, "lastTransitionTime": now(), **extra})
+            pod["status"]["conditions"] = conditions
+            self._bump(pod)
+
+    def _fit(self, spec: dict) -> tuple[dict | None, str]:
+        """A node for the pod (first fit), or the scheduler's message saying why there is none."""
+        wanted = pod_requests(spec)
+        selector = spec.get("nodeSelector") or {}
+        reasons: dict[str, int] = {}
+        with self.lock:
+            used: dict[str, dict[str, float]] = {}
+            for other in self.pods.values():
+                node = other["spec"].get("nodeName")
+                if node and other["status"].get("phase") in ("Pending", "Running"):
+                    for key, amount in pod_requests(other["spec"]).items():
+                        used.setdefault(node, {})[key] = used.setdefault(node, {}).get(key, 0.0) + amount
+        for node in NODES:
+            if any(node["labels"].get(k) != v for k, v in selector.items()):
+                why = "node(s) didn't match Pod's node affinity/selector"
+            elif any(not tolerates(spec, t) for t in node["taints"]):
+                taint = next(t for t in node["taints"] if not tolerates(spec, t))
+                why = f"node(s) had untolerated taint {{{taint['key']}: {taint.get('value', '')}}}"
+            else:
+                short = [key for key, amount in sorted(wanted.items())
+                         if amount > node["allocatable"].get(key, 0) - used.get(node["name"], {}).get(key, 0.0)]
+                if not short:
+                    return node, ""
+                why = f"Insufficient {short[0]}"
+            reasons[why] = reasons.get(why, 0) + 1
+        parts = ", ".join(f"{count} {why}" for why, count in sorted(reasons.items()))
+        return None, (f"0/{len(NODES)} nodes are available: {parts}. preemption: 0/{len(NODES)} nodes are available: "
+                      f"{len(NODES)} No preemption victims found for incoming pod.")
+
+    def _schedule(self, pod: dict) -> bool:
+        spec, meta = pod["spec"], pod["metadata"]
+        reported = None
+        while not self._gone(pod):
+            node, why = self._fit(spec)
+            if node is not None:
+                with self.lock:
+                    spec["nodeName"] = node["name"]
+                self._condition(pod, "PodScheduled", "True")
+                self.event(pod, "Scheduled", f"Successfully assigned {meta['namespace']}/{meta['name']} to {node['name']}")
+                return True
+            if why != reported:  # as the scheduler does: a condition and an event, then retries
+                self._condition(pod, "PodScheduled", "False", reason="Unschedulable", message=why)
+                self.event(pod, "FailedScheduling", why, "Warning")
+                reported = why
+            time.sleep(max(self.pace, 0.2) * 2)
+        return False
+
+    def _pull(self, pod: dict, container: dict) -> bool:
+        """The image, as a kubelet gets it: pulled if missing; a failed pull is ErrImagePull,
+        then ImagePullBackOff while it waits (doubling) to try again, until the pod is deleted."""
+        image = container["image"]
+        backoff = max(self.pace, 0.2) * 2
+        while not self._gone(pod):
+            try:
+                self.docker.images.get(image)
+                return True
+            except docker.errors.ImageNotFound:
+                pass
+            self.event(pod, "Pulling", f'Pulling image "{image}"')
+            try:
+                self.docker.images.pull(image)
+                self.event(pod, "Pulled", f'Successfully pulled image "{image}"')
+                return True
+            except docker.errors.APIError as exc:
+                message = f'failed to pull and unpack image "{image}": {exc.explanation or exc}'
+            time.sleep(self.pace)  # the failure shows seconds after the pull began, not at create
+            self.event(pod, "Failed", f"Failed to pull image \"{image}\": {message}", "Warning")
+            self.event(pod, "Failed", "Error: ErrImagePull", "Warning")
+            with self.lock:
+                pod["status"]["containerStatuses"][0] = self._waiting(container, "ErrImagePull", message)
+                self._bump(pod)
+            time.sleep(self.pace)
+            if self._gone(pod):
+                break
+            back = f'Back-off pulling image "{image}": ErrImagePull: {message}'
+            self.event(pod, "BackOff", f'Back-off pulling image "{image}"')
+            with self.lock:
+                pod["status"]["containerStatuses"][0] = self._waiting(container, "ImagePullBackOff", back)
+                self._bump(pod)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 300)
+        return False
+
+    def _runs_as_root(self, image: str, security: dict) -> bool:
+        user = security.get("runAsUser")
+        if user is not None:
+            return int(user) == 0
+        configured = (self.docker.images.get(image).attrs.get("Config") or {}).get("User") or ""
+        return configured.split(":")[0] in ("", "0", "root")
+
     def _run(self, pod: dict) -> None:
         spec, meta = pod["spec"], pod["metadata"]
         container = spec["containers"][0]
         image = container["image"]
-        try:
-            self.docker.images.get(image)
-        except docker.errors.ImageNotFound:
-            self.event(pod, "Pulling", f'Pulling image "{image}"')
-            try:
-                self.docker.images.pull(image)
-            except docker.errors.APIError as exc:
-                message = f'failed to pull and unpack image "{image}": {exc.explanation or exc}'
-                self.event(pod, "Failed", message, "Warning")
-                with self.lock:
-                    pod["status"]["containerStatuses"][0] = self._waiting(container, "ErrImagePull", message)
-                    self._bump(pod)
-                return
+        time.sleep(self.pace)
+        if not self._schedule(pod):
+            return
+        with self.lock:
+            pod["status"]["containerStatuses"] = [self._waiting(container, "ContainerCreating", "")]
+            self._bump(pod)
+        time.sleep(self.pace)
+        if not self._pull(pod, container):
+            return
+        security = {**(spec.get("securityContext") or {}), **(container.get("securityContext") or {})}
+        if security.get("runAsNonRoot") and self._runs_as_root(image, security):
+            # A kubelet refuses to start it and leaves the pod Pending (it retries, to no avail).
+            message = f"container has runAsNonRoot and image will run as root (pod: \"{meta['name']}_{meta['namespace']}({meta['uid']})\", container: {container['name']})"
+            self.event(pod, "Failed", f"Error: {message}", "Warning")
+            with self.lock:
+                pod["status"]["containerStatuses"][0] = self._waiting(container, "CreateContainerConfigError", message)
+                self._bump(pod)
+            return
         limits = (container.get("resources") or {}).get("limits") or {}
         kwargs: dict = {"network_mode": "host", "labels": {LABEL: f"{meta['namespace']}/{meta['name']}"}}
         if "memory" in limits:
@@ -152,24 +338,27 @@ class Cluster:
             empty = volume.get("emptyDir")
             if mount["mountPath"] == "/dev/shm" and empty and empty.get("medium") == "Memory":
                 kwargs["shm_size"] = to_bytes(empty.get("sizeLimit", "64Mi"))
-        security = {**(spec.get("securityContext") or {}), **(container.get("securityContext") or {})}
         if "runAsUser" in security:
             kwargs["user"] = f"{security['runAsUser']}:{security.get('runAsGroup', security['runAsUser'])}"
         env = {e["name"]: e.get("value", "") for e in container.get("env") or []}
         try:
-            docker_container = self.docker.containers.create(
-                image, command=container.get("args") or None, entrypoint=container.get("command") or None,
-                environment=env, **kwargs,
-            )
-            pod["_container"] = docker_container.id
+            with self.lock:  # a delete from now on finds the container to stop
+                if self._gone(pod):
+                    return
+                docker_container = self.docker.containers.create(
+                    image, command=container.get("args") or None, entrypoint=container.get("command") or None,
+                    environment=env, **kwargs,
+                )
+                pod["_container"] = docker_container.id
             docker_container.start()
         except docker.errors.APIError as exc:
-            self._set(pod, "Failed", {"terminated": {"exitCode": 128, "reason": "ContainerCannotRun",
+            self._set(pod, "Failed", {"terminated": {"exitCode": 128, "reason": "StartError",
                                                      "message": str(exc), "finishedAt": now()}})
             return
         started = now()
         self.event(pod, "Started", "Started container base")
         self._set(pod, "Running", {"running": {"startedAt": started}}, startTime=started)
+        self._condition(pod, "Ready", "True")
         deadline = spec.get("activeDeadlineSeconds")
         try:
             result = docker_container.wait(timeout=deadline) if deadline else docker_container.wait()
@@ -187,15 +376,45 @@ class Cluster:
         self._set(pod, "Succeeded" if code == 0 else "Failed",
                   {"terminated": {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": now()}})
 
-    def delete(self, namespace: str, name: str) -> dict | None:
+    def delete(self, namespace: str, name: str, grace: int | None) -> dict | None:
+        """Graceful, as the API server and kubelet do it: a pod whose container runs stays
+        listed with a deletionTimestamp, its container gets SIGTERM, then SIGKILL once the
+        grace period is over; a pod with nothing running goes at once."""
         with self.lock:
-            pod = self.pods.pop((namespace, name), None)
-        if pod and pod.get("_container"):
+            pod = self.pods.get((namespace, name))
+            if pod is None:
+                return None
+            running = pod["status"].get("phase") == "Running" and pod.get("_container")
+            if not running or grace == 0:
+                self.pods.pop((namespace, name), None)
+            elif "deletionTimestamp" not in pod["metadata"]:
+                period = grace if grace is not None else int(pod["spec"].get("terminationGracePeriodSeconds", 30))
+                pod["metadata"].update(deletionTimestamp=now(), deletionGracePeriodSeconds=period)
+                self._bump(pod)
+                threading.Thread(target=self._terminate, args=(pod, period), daemon=True).start()
+                return pod
+        self._remove_container(pod)
+        return pod
+
+    def _terminate(self, pod: dict, period: int) -> None:
+        meta = pod["metadata"]
+        self.event(pod, "Killing", "Stopping container base")
+        try:
+            container = self.docker.containers.get(pod["_container"])
+            container.kill(signal="SIGTERM")
+            container.wait(timeout=period)
+        except Exception:  # noqa: BLE001 - gone already, or the grace period is over
+            pass
+        with self.lock:
+            self.pods.pop((meta["namespace"], meta["name"]), None)
+        self._remove_container(pod)
+
+    def _remove_container(self, pod: dict) -> None:
+        if pod.get("_container"):
             try:
                 self.docker.containers.get(pod["_container"]).remove(force=True)
             except docker.errors.NotFound:
                 pass
-        return pod
 
 
 def public(pod: dict) -> dict:
@@ -298,8 +517,13 @@ class Handler(BaseHTTPRequestHandler):
         what, ns, name, _ = self._route()
         if what != "pods" or name is not None:
             return self._reply(404, status(404, "NotFound", f"{self.path} is not served by this test double"))
+        body = self._body()
+        problems = invalid_fields(body)
+        if problems:
+            shown = (body.get("metadata") or {}).get("name") or ""
+            return self._reply(422, status(422, "Invalid", f'Pod "{shown}" is invalid: ' + ", ".join(problems)))
         try:
-            pod = self.cluster.create(ns, self._body())
+            pod = self.cluster.create(ns, body)
         except KeyError as exc:
             return self._reply(409, status(409, "AlreadyExists", f"pods {exc} already exists"))
         with self.cluster.lock:
@@ -319,8 +543,10 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(200, public(pod))
 
     def do_DELETE(self) -> None:  # noqa: N802
-        what, ns, name, _ = self._route()
-        pod = self.cluster.delete(ns, name) if what == "pods" and name else None
+        what, ns, name, query = self._route()
+        body = self._body()
+        grace = body.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
+        pod = self.cluster.delete(ns, name, None if grace is None else int(grace)) if what == "pods" and name else None
         if pod is None:
             return self._reply(404, status(404, "NotFound", f'pods "{name}" not found'))
         self._reply(200, public(pod))
@@ -330,8 +556,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5002)
+    parser.add_argument("--pace", type=float, default=float(os.environ.get("FAKE_KUBE_PACE", "1.0")),
+                        help="seconds between a pod's steps (scheduling, container creation, a pull's failure)")
     args = parser.parse_args()
-    Handler.cluster = Cluster()
+    Handler.cluster = Cluster(args.pace)
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     print(f"fake Kubernetes API (a test double) on http://{args.host}:{args.port}", flush=True)

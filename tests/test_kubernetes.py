@@ -141,6 +141,10 @@ def write_kube_yaml(docker_yaml, moto_s3: str, *, deferrable: bool = False, rule
         "startup_timeout: 60, dashboard_url: 'https://dashboard.test/#/pod/{namespace}/{name}'}\n"
         # The same registry seen under an address nothing answers at: every pull fails.
         "  k8s-unreachable: {kind: kubernetes, namespace: ml, pass_credentials: true, pull_registry: '127.0.0.1:5999/gone'}\n"
+        # Pods that cannot start fail after 5 s, not the default 120.
+        f"  k8s-quick: {{kind: kubernetes, namespace: ml, pass_credentials: true, startup_timeout: 5, deferrable: {str(deferrable).lower()}}}\n"
+        f"  k8s-nonroot: {{kind: kubernetes, namespace: ml, pass_credentials: true, startup_timeout: 5, deferrable: {str(deferrable).lower()}, "
+        "security_context: {runAsNonRoot: true}}\n"
         f"artifacts: {moto_s3}\n"
         + (rules or "rules:\n  - {when: \"memory >= 512Mi\", target: k8s}\n  - {target: local}\n")
     )
@@ -149,6 +153,17 @@ def write_kube_yaml(docker_yaml, moto_s3: str, *, deferrable: bool = False, rule
 def pods_left() -> list[str]:
     listed = requests.get(f"{FAKE_API}/api/v1/namespaces/ml/pods", timeout=5).json()["items"]
     return [p["metadata"]["name"] for p in listed]
+
+
+def pods_gone(prefix: str, within: float = 45) -> bool:
+    """Whether no pod named prefix-* is listed, waiting out graceful deletion as on a cluster
+    (a deleted pod stays listed through its grace period)."""
+    deadline = time.monotonic() + within
+    while [p for p in pods_left() if p.startswith(prefix)]:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 @pytest.mark.integration
@@ -223,7 +238,7 @@ def test_killing_the_task_deletes_its_pod(airflow_db, docker_yaml, moto_s3, fake
             time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)  # what a task process receives when the task is killed
         output, _ = proc.communicate(timeout=120)
-        assert not [p for p in pods_left() if p.startswith("sleeps")]
+        assert pods_gone("sleeps")
         assert "task 'sleeps': the task was killed; its pod was deleted" in output
     finally:
         if proc.poll() is None:
@@ -237,10 +252,7 @@ def test_execution_timeout_deletes_the_pod(dags, docker_yaml, moto_s3, fake_kube
     run = dags.test("infra_kube_timeout")
     assert not run.succeeded and "AirflowTaskTimeout" in run.output  # reported as the timeout it is
     assert "Deleting pod: overstays-" in run.output  # there was a pod when the timeout came
-    deadline = time.monotonic() + 30  # deletion is asynchronous on a cluster
-    while [p for p in pods_left() if p.startswith("overstays")] and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not [p for p in pods_left() if p.startswith("overstays")]
+    assert pods_gone("overstays")  # deletion is graceful on a cluster
 
 
 @pytest.mark.integration
@@ -275,3 +287,130 @@ def test_a_restarted_try_reattaches_to_its_running_pod(dags, docker_yaml, moto_s
     assert [c.path.name for c in task.tries()] == ["1"]  # one attempt, no half-written second folder
     assert task.result == 42
     assert pods_left() == []
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("deferrable", [False, True], ids=["blocking", "deferrable"])
+def test_pods_that_never_start_are_explained_from_the_cluster(dags, docker_yaml, moto_s3, fake_kube, deferrable):
+    """Each reason comes from the pod and its events as they are when the task fails, not from
+    the snapshot taken at create (then the pod was only Pending)."""
+    write_kube_yaml(docker_yaml, moto_s3, deferrable=deferrable)
+    run = dags.test("infra_kube_startup")
+    out = run.output
+    assert not run.succeeded
+    assert re.search(r"task 'gpu_hungry': unschedulable: no node could take pod gpu-hungry-\S+ within 5s: "
+                     r"0/3 nodes are available: 3 Insufficient nvidia\.com/gpu\.", out), out[-6000:]
+    assert re.search(r"task 'rootless': container config error: pod rootless-\S+ could not start its container "
+                     r"\(CreateContainerConfigError: container has runAsNonRoot and image will run as root", out), out[-6000:]
+    assert "returned a failure" not in "".join(line for line in out.splitlines() if "task 'gpu_hungry':" in line)
+    assert pods_gone("gpu-hungry") and pods_gone("rootless")
+
+
+@pytest.mark.integration
+def test_a_new_try_never_follows_a_pod_being_deleted(airflow_db, dags, docker_yaml, moto_s3, fake_kube, tmp_path):
+    """A deleted pod stays listed (with a deletionTimestamp) through its grace period. The
+    worker dies (SIGKILL), the pod is deleted, and a run of the task that comes at once starts a
+    pod of its own and returns its own result: neither the pod operator's label search nor
+    Airflow's task state store leads it to the dying pod."""
+    write_kube_yaml(docker_yaml, moto_s3)
+    log = tmp_path / "first.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "dags", "test", "infra_kube_stubborn"],
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    pods = f"{FAKE_API}/api/v1/namespaces/ml/pods"
+    try:
+        deadline = time.monotonic() + 300
+        while not (first := [p["metadata"]["name"] for p in requests.get(pods, timeout=5).json()["items"]
+                             if p["metadata"]["name"].startswith("stubborn") and p["status"]["phase"] == "Running"]):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.5)
+        time.sleep(4)  # the function has started: it ignores SIGTERM
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker dies: no on_kill
+        proc.wait()
+    requests.delete(f"{pods}/{first[0]}", json={"gracePeriodSeconds": 120}, timeout=5)  # as a person or controller would
+    assert requests.get(f"{pods}/{first[0]}", timeout=5).json()["metadata"]["deletionTimestamp"]
+    run_id = re.search(r"<TaskInstance: infra_kube_stubborn\.stubborn (\S+) ", log.read_text()).group(1)
+    again = subprocess.Popen(
+        [sys.executable, "-m", "airflow", "tasks", "test", "infra_kube_stubborn", "stubborn", run_id],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        # When the new run's pod appears, the old one must still be listed (being deleted).
+        while not (listed := [p["metadata"]["name"] for p in requests.get(pods, timeout=5).json()["items"]
+                              if p["metadata"]["name"].startswith("stubborn")]) or listed == [first[0]]:
+            assert again.poll() is None and time.monotonic() < deadline, "no new pod appeared"
+            time.sleep(0.2)
+        still_dying = first[0] in listed
+        output, _ = again.communicate(timeout=300)
+    finally:
+        requests.delete(f"{pods}/{first[0]}", json={"gracePeriodSeconds": 0}, timeout=5)
+        if again.poll() is None:
+            again.kill()
+    out = output
+    assert again.returncode == 0, out[-4000:]
+    assert still_dying  # the new run ran while the old pod was listed
+    assert "reattached to pod" not in out and f"Found matching pod {first[0]}" not in out, out[-6000:]
+    token = re.search(r"stubborn: token (\w+)", out).group(1)  # printed by the new pod
+    assert f"Returned value was: {token}" in out
+    assert pods_gone("stubborn")
+
+
+def _pod(phase: str, *, reason: str | None = None, message: str | None = None, waiting=None, terminated=None,
+         conditions=None, deleting: bool = False):
+    from kubernetes.client import models as k8s
+
+    state = k8s.V1ContainerState(waiting=waiting, terminated=terminated)
+    status = k8s.V1PodStatus(phase=phase, reason=reason, message=message, conditions=conditions,
+                             container_statuses=[k8s.V1ContainerStatus(name="base", image="i", image_id="", ready=False,
+                                                                       restart_count=0, state=state)])
+    meta = k8s.V1ObjectMeta(name="fit-1", deletion_timestamp="2026-01-01T00:00:00Z" if deleting else None)
+    return k8s.V1Pod(metadata=meta, status=status)
+
+
+def _explain(pod, events=(), error_text="Pod fit-1 returned a failure.", memory_limit=64 << 20):
+    from airflow_infra.targets.kubernetes.explain import explain_pod
+
+    return explain_pod(pod, events, name="fit-1", error_text=error_text, memory_limit=memory_limit, timeout=3,
+                       startup_timeout=5, reference="reg/x:1")
+
+
+def test_exit_137_is_out_of_memory_only_when_the_kubelet_says_oomkilled():
+    from kubernetes.client import models as k8s
+
+    oom = k8s.V1ContainerStateTerminated(exit_code=137, reason="OOMKilled")
+    killed = k8s.V1ContainerStateTerminated(exit_code=137, reason="Error")
+    assert _explain(_pod("Failed", terminated=oom)).startswith("out of memory: pod fit-1 hit its memory limit of 64Mi")
+    text = _explain(_pod("Failed", terminated=killed))
+    assert "out of memory" not in text and "exit code 137, signal 9 (Error)" in text
+
+
+def test_eviction_deletion_and_config_errors_are_named():
+    from kubernetes.client import models as k8s
+
+    evicted = _pod("Failed", reason="Evicted", message="Pod ephemeral local storage usage exceeds the total limit of containers 1Gi.")
+    assert _explain(evicted).startswith("evicted: pod fit-1 was evicted by its node: Pod ephemeral local storage")
+    assert "raise `disk`" in _explain(evicted)
+    running = k8s.V1ContainerStateTerminated(exit_code=143, reason="Error")
+    assert "was deleted while it ran" in _explain(_pod("Failed", terminated=running, deleting=True))
+    config = k8s.V1ContainerStateWaiting(reason="CreateContainerConfigError", message='secret "db" not found')
+    assert _explain(_pod("Pending", waiting=config)).startswith(
+        'container config error: pod fit-1 could not start its container (CreateContainerConfigError: secret "db" not found)')
+
+
+def test_startup_failures_quote_the_cluster():
+    from kubernetes.client import models as k8s
+
+    unschedulable = k8s.V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable",
+                                       message="0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+    assert _explain(_pod("Pending", conditions=[unschedulable])).startswith(
+        "unschedulable: no node could take pod fit-1 within 5s: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+    backoff = k8s.V1ContainerStateWaiting(reason="ImagePullBackOff", message='Back-off pulling image "reg/x:1": not found')
+    assert "image pull failed: the cluster could not pull reg/x:1 (ImagePullBackOff: Back-off pulling image" in _explain(
+        _pod("Pending", waiting=backoff))
+    creating = k8s.V1ContainerStateWaiting(reason="ContainerCreating")
+    assert _explain(_pod("Pending", waiting=creating), error_text="Pod took too long to start. More than 5s.").startswith(
+        "pod fit-1 did not start within 5s (its container was still ContainerCreating)")
+    assert "the cluster no longer has it" in _explain(None)

@@ -85,3 +85,43 @@ def infra_kube_reattach():
 
 
 infra_kube_reattach()
+
+
+@dag(schedule=None, catchup=False, tags=["airflow-infra-tests"])
+def infra_kube_startup():
+    """Pods that never start, each for a reason only the cluster knows (no node has the GPUs;
+    the image runs as root where the pod must not)."""
+
+    @infra_task(target="k8s-quick", gpu=8)
+    def gpu_hungry() -> None:
+        print("never runs")
+
+    @infra_task(target="k8s-nonroot")
+    def rootless() -> None:
+        print("never runs")
+
+    gpu_hungry()
+    rootless()
+
+
+infra_kube_startup()
+
+
+@dag(schedule=None, catchup=False, tags=["airflow-infra-tests"])
+def infra_kube_stubborn():
+    @infra_task(target="k8s")
+    def stubborn() -> str:
+        import signal
+        import time
+        import uuid
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a pod that takes its whole grace period to die
+        token = uuid.uuid4().hex
+        print(f"stubborn: token {token}", flush=True)
+        time.sleep(45)  # still running (being deleted) when the test starts the next run
+        return token
+
+    stubborn()
+
+
+infra_kube_stubborn()

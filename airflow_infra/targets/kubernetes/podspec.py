@@ -5,6 +5,7 @@ cluster is needed to build them; the pod-spec tests validate them against the sc
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -20,7 +21,6 @@ from airflow_infra.targets.kubernetes import KubernetesTarget
 # attempt of the same try started.
 TASK_DIR_ANNOTATION = "airflow-infra.io/task-dir"
 SHM_VOLUME = "dshm"
-PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 
 
 def _quantity_bytes(value: int) -> str:
@@ -128,6 +128,74 @@ def operator_arguments(
 
 
 def make_operator(call: Call, arguments: dict[str, Any]) -> Any:
+    return _observed_operator_class()(task_id=re.sub(r"[^A-Za-z0-9_.-]", "_", f"{call.task_id}.pod")[:250], **arguments)
+
+
+@functools.cache
+def _observed_operator_class() -> type:
+    """KubernetesPodOperator, keeping the pod and its events as they are when it ends.
+
+    The operator's cleanup deletes the pod and, on any failure, raises its generic "Pod ...
+    returned a failure" in place of the launch error; its `remote_pod` is a snapshot from
+    just after create. A failure is explained from what the cluster says at the end (a pull
+    that failed seconds later, the scheduler's reason), so read the pod once more right
+    before cleanup deletes it, in blocking and deferrable modes alike (both end there)."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
-    return KubernetesPodOperator(task_id=re.sub(r"[^A-Za-z0-9_.-]", "_", f"{call.task_id}.pod")[:250], **arguments)
+    class ObservedPodOperator(KubernetesPodOperator):
+        final_pod: Any = None
+        final_events: tuple[Any, ...] = ()
+
+        def cleanup(self, pod: Any, remote_pod: Any, xcom_result: Any = None, context: Any = None) -> None:
+            if remote_pod and not self._killed:
+                self.final_pod, self.final_events = _observe(self.pod_manager, pod or remote_pod)
+            return super().cleanup(pod, remote_pod, xcom_result, context)
+
+        def find_pod(self, namespace: str, context: Any, *, exclude_checked: bool = True) -> Any:
+            # As the operator's own, but a pod being deleted (a killed try's, listed through
+            # its grace period on a cluster) is never reattached to: a new try that found it
+            # would follow a dying pod and read that try's folder.
+            selector = self._build_find_pod_label_selector(context, exclude_checked=exclude_checked)
+            pods = [p for p in self.client.list_namespaced_pod(namespace=namespace, label_selector=selector).items
+                    if p.metadata.deletion_timestamp is None]
+            if len(pods) > 1 and self.reattach_on_restart:
+                from airflow.providers.cncf.kubernetes.operators.pod import FoundMoreThanOnePodFailure
+
+                raise FoundMoreThanOnePodFailure(f"More than one pod running with labels {selector}")
+            pod = self.process_duplicate_label_pods(pods) if len(pods) > 1 else (pods[0] if pods else None)
+            if pod is not None:
+                self.log_matching_pod(pod=pod, context=context)
+            return pod
+
+        def _get_pod_from_task_state_store(self, context: Any) -> Any:
+            # Airflow 3.3's task state store names the pod an earlier attempt made: the same
+            # rule, a pod being deleted is not reattached to (looked at before the operator
+            # does, which would log that it reconnects).
+            from airflow.providers.cncf.kubernetes.operators.pod import POD_IDENTIFIER_STATE_KEY
+
+            store = context.get("task_state_store")
+            stored = store.get(POD_IDENTIFIER_STATE_KEY) if store is not None else None
+            if isinstance(stored, dict) and isinstance(stored.get("name"), str) and isinstance(stored.get("namespace"), str):
+                try:
+                    pod = self.hook.get_pod(stored["name"], stored["namespace"])
+                except Exception:  # noqa: BLE001 - gone: the operator's own lookup says so
+                    pod = None
+                if pod is not None and pod.metadata.deletion_timestamp is not None:
+                    self.log.info("pod %s is being deleted (an earlier attempt's): starting a new pod", pod.metadata.name)
+                    return None
+            return super()._get_pod_from_task_state_store(context)
+
+    return ObservedPodOperator
+
+
+def _observe(pod_manager: Any, pod: Any) -> tuple[Any, tuple[Any, ...]]:
+    """The pod and its events as the API returns them now; (None, ()) where it cannot say."""
+    try:
+        current = pod_manager.read_pod(pod)
+    except Exception:  # noqa: BLE001 - gone already, or the API is unreachable: explain from less
+        return None, ()
+    try:
+        events = tuple(pod_manager.read_pod_events(pod).items or ())
+    except Exception:  # noqa: BLE001
+        events = ()
+    return current, events

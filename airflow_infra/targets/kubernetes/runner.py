@@ -17,8 +17,8 @@ from typing import Any
 
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
 from airflow_infra.targets.image import prepare_image
+from airflow_infra.targets.kubernetes.explain import explain_pod
 from airflow_infra.targets.kubernetes.podspec import (
-    PULL_FAILURES,
     TASK_DIR_ANNOTATION,
     make_operator,
     operator_arguments,
@@ -90,43 +90,18 @@ class KubernetesRunner(Runner):
         return None
 
     def explain(self, call: Call, handle: Handle, error: BaseException | None) -> str:
-        """Say which way the pod failed and what to change, from its last status."""
-        from airflow_infra.quantities import format_bytes
-
+        """Say which way the pod failed and what to change, from the pod and its events as
+        they were when it ended (not the snapshot the operator took at create)."""
         if handle.details.get("killed"):
             return "the task was killed; its pod was deleted"
         operator = self._operator
-        pod = getattr(operator, "remote_pod", None) or getattr(operator, "pod", None)
-        text = str(error or "")
-        status = getattr(pod, "status", None)
-        name = handle.id or "?"
-        states = [c.state for c in (getattr(status, "container_statuses", None) or []) if c.state]
-        waiting = next((s.waiting for s in states if s.waiting and s.waiting.reason in PULL_FAILURES), None)
-        if waiting is not None or "Image cannot be pulled" in text:
-            detail = f"{waiting.reason}: {waiting.message}" if waiting is not None else text
-            return (
-                f"image pull failed: the cluster could not pull {self._reference or 'the image'} ({detail}); "
-                "check that it was pushed (`airflow-infra build DAG_FILE`), that the nodes reach the registry "
-                "(`pull_registry` in infra.yaml) and that `image_pull_secrets` grant access"
-            )
-        if "took too long" in text:
-            return (f"pod {name} did not start within {self.target.startup_timeout}s; "
-                    "raise `startup_timeout` or check the cluster's capacity")
-        if status is not None and status.reason == "DeadlineExceeded":
-            return (
-                f"deadline exceeded: pod {name} ran longer than timeout={call.resources.timeout:g}s and was stopped; "
-                "raise `timeout` or make the task faster"
-            )
-        terminated = next((s.terminated for s in states if s.terminated), None)
-        if terminated is not None and (terminated.reason == "OOMKilled" or terminated.exit_code == 137):
-            if "memory" in resource_requirements(call.resources, self.target).get("limits", {}):
-                return (f"out of memory: pod {name} hit its memory limit of {format_bytes(call.resources.memory)} "
-                        "and was killed (exit 137); raise `memory`")
-            return (f"out of memory: pod {name} was killed (exit 137) with no memory limit set, so its node ran "
-                    "short; declare `memory` (or a larger one) so it is scheduled where that much is free")
-        if terminated is not None:
-            return f"pod {name} failed: exit code {terminated.exit_code} ({terminated.reason or 'no reason given'})"
-        return f"pod {name} failed: {text.splitlines()[0] if text else type(error).__name__}"
+        pod = getattr(operator, "final_pod", None) or getattr(operator, "remote_pod", None) or getattr(operator, "pod", None)
+        limits = resource_requirements(call.resources, self.target).get("limits", {})
+        return explain_pod(
+            pod, getattr(operator, "final_events", ()), name=handle.id or "?", error_text=str(error or ""),
+            memory_limit=call.resources.memory if "memory" in limits else None, timeout=call.resources.timeout,
+            startup_timeout=self.target.startup_timeout, reference=self._reference,
+        )
 
     def kill(self, handle: Handle) -> None:
         handle.details["killed"] = True

@@ -113,8 +113,18 @@ class DockerRunner(Runner):
             container.remove(force=True)
 
     def _run_container(self, call: Call, staged: StagedCall):
-        resources = call.resources
+        import docker.errors
+
         connections = call.connections.document() if call.connections else None
+        try:
+            return self._start(call, staged, connections)
+        except docker.errors.ImageNotFound:
+            # Built elsewhere (daemonless, or another worker): pull it, as `docker run` would.
+            self.engine.images.pull(self._reference)
+            return self._start(call, staged, connections)
+
+    def _start(self, call: Call, staged: StagedCall, connections: dict | None):
+        resources = call.resources
         container = self.engine.containers.create(
             self._reference,
             command=staged.argv,

@@ -17,13 +17,18 @@ Each pod becomes one Docker container on the local engine (host network). Like a
   runAsUser/runAsGroup the user; activeDeadlineSeconds a deadline, then DeadlineExceeded;
   an OOM kill shows as OOMKilled/137 (and only an OOM kill does);
 - invalid names and labels get 422 Invalid, as the API server's validation gives them;
+- a pod whose service account has an IAM role (FAKE_KUBE_SERVICE_ACCOUNT_ROLES; by default
+  ml/s3-runner) gets what the EKS pod identity webhook adds: AWS_ROLE_ARN and
+  AWS_WEB_IDENTITY_TOKEN_FILE in its spec and a projected token, which boto exchanges at
+  (moto's) STS for the role's credentials; moto does not verify the token or the role;
 - deletion is graceful: a running pod stays listed with a deletionTimestamp, its container
   gets SIGTERM, then SIGKILL after the grace period (the request's, else the pod's, else 30 s).
 
 Served: pods create/get/list (labelSelector)/patch (labels, annotations)/delete, pod logs
-(follow, timestamps, sinceSeconds), events list. NOT modelled (a real cluster differs): no
-watch streams (lists only), no eviction (ephemeral-storage is not enforced), only the first
-container runs (no init containers, no sidecars), no auth, no admission webhooks, no
+(follow, timestamps, sinceSeconds), events list and watch (a stream of lines from a
+resourceVersion, 410 Expired once it is compacted). NOT modelled (a real cluster differs): no
+pod watches (pods are listed and read), no eviction (ephemeral-storage is not enforced), only the first
+container runs (no init containers, no sidecars), no auth, no other admission webhooks, no
 preemption, no node failures, no restarts (restartPolicy is Never for the operator's pods).
 
     python dev/fake_kube_api.py --port 5002 [--pace 1.0]
@@ -32,14 +37,18 @@ preemption, no node failures, no restarts (restartPolicy is Never for the operat
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import json
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import docker
@@ -110,6 +119,21 @@ def invalid_fields(pod: dict) -> list[str]:
     return problems
 
 
+# Service accounts with an IAM role, as `eks.amazonaws.com/role-arn` annotations give them on
+# EKS: their pods get web identity credentials (AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE and a
+# projected token), which boto exchanges at STS (moto's) for the role's. namespace/name=arn,
+# comma-separated, in FAKE_KUBE_SERVICE_ACCOUNT_ROLES; by default ml/s3-runner has one.
+SERVICE_ACCOUNT_ROLES = dict(
+    item.split("=", 1) for item in os.environ.get(
+        "FAKE_KUBE_SERVICE_ACCOUNT_ROLES", "ml/s3-runner=arn:aws:iam::123456789012:role/airflow-infra-s3-runner"
+    ).split(",") if "=" in item
+)
+TOKEN_DIR = "/var/run/secrets/eks.amazonaws.com/serviceaccount"
+
+
+def role_of(pod: dict) -> str | None:
+    return SERVICE_ACCOUNT_ROLES.get(f"{pod['metadata']['namespace']}/{pod['spec'].get('serviceAccountName') or 'default'}")
+
 # Fake nodes (a small cluster: two CPU nodes and one GPU node). Allocatable as a kubelet reports it.
 NODES = [
     {"name": "node-1", "labels": {"kubernetes.io/hostname": "node-1"}, "taints": [],
@@ -157,6 +181,7 @@ class Cluster:
         self.lock = threading.RLock()
         self.version = 1
         self.pace = pace
+        self.compacted = 0  # events up to this resourceVersion are gone: a watch from before gets 410
 
     def _bump(self, obj: dict) -> None:
         self.version += 1
@@ -174,6 +199,9 @@ class Cluster:
                 "reason": reason, "message": message, "type": kind, "count": 1,
                 "firstTimestamp": now(), "lastTimestamp": now(),
             })
+            if len(self.events) > 2000:  # as etcd compacts: old versions go, watches from them get 410
+                del self.events[:1000]
+                self.compacted = int(self.events[0]["metadata"]["resourceVersion"]) - 1
 
     def create(self, namespace: str, pod: dict) -> dict:
         meta = pod.setdefault("metadata", {})
@@ -181,6 +209,13 @@ class Cluster:
         with self.lock:
             if (namespace, meta.get("name")) in self.pods:
                 raise KeyError(meta.get("name"))
+            role = role_of(pod)
+            if role:  # what the EKS pod identity webhook adds at admission, for every container
+                added = {"AWS_ROLE_ARN": role, "AWS_WEB_IDENTITY_TOKEN_FILE": f"{TOKEN_DIR}/token",
+                         "AWS_STS_REGIONAL_ENDPOINTS": "regional"}
+                for container in pod["spec"]["containers"]:
+                    env = [e for e in container.get("env") or [] if e["name"] not in added]
+                    container["env"] = env + [{"name": k, "value": v} for k, v in added.items()]
             pod["status"] = {"phase": "Pending", "qosClass": "Burstable"}  # all a create answers with
             self._bump(pod)
             self.pods[(namespace, meta["name"])] = pod
@@ -298,6 +333,19 @@ class Cluster:
             backoff = min(backoff * 2, 300)
         return False
 
+    def _token_dir(self, pod: dict) -> Path:
+        """A projected service account token, as the kubelet writes it for the pod: a JWT-shaped
+        string naming the service account (moto's STS does not verify it; real STS would)."""
+        meta, spec = pod["metadata"], pod["spec"]
+        folder = Path(tempfile.mkdtemp(prefix="fake-kube-token-"))
+        folder.chmod(0o755)
+        subject = f"system:serviceaccount:{meta['namespace']}:{spec.get('serviceAccountName') or 'default'}"
+        claims = base64.urlsafe_b64encode(json.dumps({"sub": subject, "aud": ["sts.amazonaws.com"]}).encode()).decode().rstrip("=")
+        (folder / "token").write_text(f"eyJhbGciOiJSUzI1NiJ9.{claims}.fake-signature")
+        (folder / "token").chmod(0o644)
+        pod["_token_dir"] = str(folder)
+        return folder
+
     def _runs_as_root(self, image: str, security: dict) -> bool:
         user = security.get("runAsUser")
         if user is not None:
@@ -341,6 +389,8 @@ class Cluster:
         if "runAsUser" in security:
             kwargs["user"] = f"{security['runAsUser']}:{security.get('runAsGroup', security['runAsUser'])}"
         env = {e["name"]: e.get("value", "") for e in container.get("env") or []}
+        if "AWS_WEB_IDENTITY_TOKEN_FILE" in env and role_of(pod):  # the token the kubelet projects
+            kwargs["volumes"] = {str(self._token_dir(pod)): {"bind": TOKEN_DIR, "mode": "ro"}}
         try:
             with self.lock:  # a delete from now on finds the container to stop
                 if self._gone(pod):
@@ -410,6 +460,8 @@ class Cluster:
         self._remove_container(pod)
 
     def _remove_container(self, pod: dict) -> None:
+        if pod.get("_token_dir"):
+            shutil.rmtree(pod["_token_dir"], ignore_errors=True)
         if pod.get("_container"):
             try:
                 self.docker.containers.get(pod["_container"]).remove(force=True)
@@ -472,6 +524,8 @@ class Handler(BaseHTTPRequestHandler):
             return None
         if what == "pods/log":
             return self._logs(ns, name, query)
+        if what == "events" and query.get("watch", "").lower() in ("true", "1"):
+            return self._watch_events(ns, query)
         if what == "events":
             involved = re.search(r"involvedObject\.name=([^,]+)", query.get("fieldSelector", ""))
             with self.cluster.lock:
@@ -480,6 +534,36 @@ class Handler(BaseHTTPRequestHandler):
             return self._reply(200, {"kind": "EventList", "apiVersion": "v1",
                                      "metadata": {"resourceVersion": str(self.cluster.version)}, "items": items})
         return self._reply(404, status(404, "NotFound", f"{self.path} is not served by this test double"))
+
+    def _watch_events(self, ns: str, query: dict) -> None:
+        """A watch stream, as the API server sends it: one JSON object per line, ADDED for each
+        event newer than `resourceVersion` (all of them without one), then each new event as it
+        comes, until `timeoutSeconds`; an ERROR with a 410 Status when that version is compacted."""
+        involved = re.search(r"involvedObject\.name=([^,]+)", query.get("fieldSelector", ""))
+        since = int(query.get("resourceVersion") or 0)
+        ends = time.monotonic() + min(int(query.get("timeoutSeconds") or 300), 1800)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+
+        def send(kind: str, obj: dict) -> None:
+            self.wfile.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+            self.wfile.flush()
+
+        try:
+            if since and since <= self.cluster.compacted:
+                return send("ERROR", status(410, "Expired", f"too old resource version: {since} ({self.cluster.compacted})"))
+            while time.monotonic() < ends:
+                with self.cluster.lock:
+                    new = [e for e in self.cluster.events if int(e["metadata"]["resourceVersion"]) > since
+                           and e["metadata"]["namespace"] == ns
+                           and (not involved or e["involvedObject"]["name"] == involved.group(1))]
+                for event in new:
+                    send("ADDED", {**event, "kind": "Event", "apiVersion": "v1"})
+                    since = int(event["metadata"]["resourceVersion"])
+                time.sleep(0.2)
+        except (BrokenPipeError, ConnectionResetError):
+            return
 
     def _logs(self, ns: str, name: str, query: dict) -> None:
         pod = self._pod(ns, name)

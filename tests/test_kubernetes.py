@@ -145,6 +145,8 @@ def write_kube_yaml(docker_yaml, moto_s3: str, *, deferrable: bool = False, rule
         f"  k8s-quick: {{kind: kubernetes, namespace: ml, pass_credentials: true, startup_timeout: 5, deferrable: {str(deferrable).lower()}}}\n"
         f"  k8s-nonroot: {{kind: kubernetes, namespace: ml, pass_credentials: true, startup_timeout: 5, deferrable: {str(deferrable).lower()}, "
         "security_context: {runAsNonRoot: true}}\n"
+        # The production way to the store: the service account's role, no keys (pass_credentials off).
+        "  k8s-irsa: {kind: kubernetes, namespace: ml, service_account: s3-runner}\n"
         f"artifacts: {moto_s3}\n"
         + (rules or "rules:\n  - {when: \"memory >= 512Mi\", target: k8s}\n  - {target: local}\n")
     )
@@ -414,3 +416,16 @@ def test_startup_failures_quote_the_cluster():
     assert _explain(_pod("Pending", waiting=creating), error_text="Pod took too long to start. More than 5s.").startswith(
         "pod fit-1 did not start within 5s (its container was still ContainerCreating)")
     assert "the cluster no longer has it" in _explain(None)
+
+
+@pytest.mark.integration
+def test_a_pod_reaches_the_store_through_its_service_accounts_role(dags, docker_yaml, moto_s3, fake_kube):
+    """No keys in the pod (pass_credentials is off, as in production): the double gives the
+    service account's pods web identity credentials as EKS does, and boto in the pod exchanges
+    them at STS; the pod reads its input and writes its result in the S3 store."""
+    write_kube_yaml(docker_yaml, moto_s3)
+    run = dags.test("infra_kube_irsa")
+    assert run.succeeded, run.output[-5000:]
+    result = Client(moto_s3).run("infra_kube_irsa", run.run_id)["total"].result
+    assert result == {"total": 6, "role": "arn:aws:iam::123456789012:role/airflow-infra-s3-runner", "keys_given": []}
+    assert pods_gone("total")

@@ -125,3 +125,25 @@ def infra_kube_stubborn():
 
 
 infra_kube_stubborn()
+
+
+@dag(schedule=None, catchup=False, tags=["airflow-infra-tests"])
+def infra_kube_irsa():
+    """A pod that reaches the artifact store the production way: no keys handed to it, only
+    its service account's role (web identity, as on EKS)."""
+
+    @infra_task(target="local")
+    def numbers() -> list[int]:
+        return [1, 2, 3]
+
+    @infra_task(target="k8s-irsa")
+    def total(values: list[int]) -> dict:
+        import os
+
+        return {"total": sum(values), "role": os.environ.get("AWS_ROLE_ARN"),
+                "keys_given": sorted(k for k in os.environ if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))}
+
+    total(numbers())
+
+
+infra_kube_irsa()

@@ -38,8 +38,9 @@ EXIT_USER_ERROR = 3
 HASH_MAX_BYTES = 64 << 20
 CONTROL = "AIRFLOW_INFRA_CONTROL_FD"  # names, in serve mode, the fd of the control socket to the worker
 # How a call that declared connections receives their values: "stdin" (a JSON document the
-# worker writes to the call's standard input, then closes). Unset: none, or (local target)
-# they came in the server's request. Only this word is in the environment, never a value.
+# worker writes to the call's standard input, then closes: docker) or "file:PATH" (a JSON file,
+# a Secret mounted read-only: kubernetes). Unset: none, or (local target) they came in the
+# server's request. Only where is in the environment, never a value.
 CONNECTIONS = "AIRFLOW_INFRA_CONNECTIONS"
 
 
@@ -293,6 +294,9 @@ def main(argv: list[str], connections: dict[str, Any] | None = None) -> int:
         if connections is None and source == "stdin":
             connections = json.loads(sys.stdin.buffer.read() or b"{}")
             sys.stdin.close()  # read to its end: the function has nothing more to read there
+        elif connections is None and source and source.startswith("file:"):  # a pod's Secret, mounted read-only
+            with open(source.removeprefix("file:"), "rb") as fh:
+                connections = json.load(fh)
         install_connections(connections or {})
         with open_read(call_path) as fh:
             call = pickle.load(fh)
@@ -566,8 +570,18 @@ def install_connections(connections: dict[str, dict[str, Any]]) -> None:
     has (its declared env=) is kept: what the DAG says explicitly wins."""
     _task_connections.clear()
     _task_connections.update({conn_id: TaskConnection(conn_id, fields) for conn_id, fields in connections.items()})
+    # A pod or job with an identity of its own (a service account's role, a Batch job role)
+    # reads and writes the artifact store with it: keys in the environment would take
+    # precedence over it in boto's chain, so there the connection's keys go through
+    # connection() only.
+    own_identity = any(name in os.environ for name in _OWN_AWS_IDENTITY)
     for name, value in connection_environment(connections).items():
-        os.environ.setdefault(name, value)
+        if not (own_identity and name in _AWS_KEYS):
+            os.environ.setdefault(name, value)
+
+
+_OWN_AWS_IDENTITY = ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")
+_AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def _register_task_modules() -> None:

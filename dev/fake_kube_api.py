@@ -24,7 +24,10 @@ Each pod becomes one Docker container on the local engine (host network). Like a
 - deletion is graceful: a running pod stays listed with a deletionTimestamp, its container
   gets SIGTERM, then SIGKILL after the grace period (the request's, else the pod's, else 30 s).
 
-Served: pods create/get/list (labelSelector)/patch (labels, annotations)/delete, pod logs
+Served: pods create/get/list (labelSelector)/patch (labels, annotations)/delete, secrets
+create/get/patch (labels, annotations, ownerReferences)/delete (mounted into pods as read-only
+files; a missing one is CreateContainerConfigError until it exists; owned ones are garbage-
+collected with their pod), pod logs
 (follow, timestamps, sinceSeconds), events list and watch (a stream of lines from a
 resourceVersion, 410 Expired once it is compacted). NOT modelled (a real cluster differs): no
 pod watches (pods are listed and read), no eviction (ephemeral-storage is not enforced), only the first
@@ -182,6 +185,7 @@ class Cluster:
         self.version = 1
         self.pace = pace
         self.compacted = 0  # events up to this resourceVersion are gone: a watch from before gets 410
+        self.secrets: dict[tuple[str, str], dict] = {}
 
     def _bump(self, obj: dict) -> None:
         self.version += 1
@@ -391,6 +395,12 @@ class Cluster:
         env = {e["name"]: e.get("value", "") for e in container.get("env") or []}
         if "AWS_WEB_IDENTITY_TOKEN_FILE" in env and role_of(pod):  # the token the kubelet projects
             kwargs["volumes"] = {str(self._token_dir(pod)): {"bind": TOKEN_DIR, "mode": "ro"}}
+        while (secret_mounts := self._secret_volumes(pod, container)) is None:
+            time.sleep(max(self.pace, 0.2) * 2)
+            if self._gone(pod):
+                return
+        if secret_mounts:
+            kwargs["volumes"] = {**kwargs.get("volumes", {}), **secret_mounts}
         try:
             with self.lock:  # a delete from now on finds the container to stop
                 if self._gone(pod):
@@ -437,6 +447,7 @@ class Cluster:
             running = pod["status"].get("phase") == "Running" and pod.get("_container")
             if not running or grace == 0:
                 self.pods.pop((namespace, name), None)
+                self._collect_garbage(pod)
             elif "deletionTimestamp" not in pod["metadata"]:
                 period = grace if grace is not None else int(pod["spec"].get("terminationGracePeriodSeconds", 30))
                 pod["metadata"].update(deletionTimestamp=now(), deletionGracePeriodSeconds=period)
@@ -457,9 +468,49 @@ class Cluster:
             pass
         with self.lock:
             self.pods.pop((meta["namespace"], meta["name"]), None)
+            self._collect_garbage(pod)
         self._remove_container(pod)
 
+    def _collect_garbage(self, pod: dict) -> None:
+        """What the garbage collector does once a pod is gone: delete the objects it owns."""
+        uid = pod["metadata"]["uid"]
+        with self.lock:
+            for key, secret in list(self.secrets.items()):
+                if any(ref.get("uid") == uid for ref in secret["metadata"].get("ownerReferences") or []):
+                    del self.secrets[key]
+
+    def _secret_volumes(self, pod: dict, container: dict) -> dict[str, dict] | None:
+        """Each secret volume the container mounts, written out as the kubelet does (a file per
+        key, read-only); None while a Secret is missing: then the container cannot be created
+        (CreateContainerConfigError) and the kubelet tries again."""
+        spec, meta = pod["spec"], pod["metadata"]
+        mounts: dict[str, dict] = {}
+        for mount in container.get("volumeMounts") or []:
+            volume = next(v for v in spec.get("volumes", []) if v["name"] == mount["name"])
+            if "secret" not in volume:
+                continue
+            wanted = volume["secret"]["secretName"]
+            with self.lock:
+                secret = self.secrets.get((meta["namespace"], wanted))
+            if secret is None:
+                message = f'secret "{wanted}" not found'
+                with self.lock:
+                    pod["status"]["containerStatuses"][0] = self._waiting(container, "CreateContainerConfigError", message)
+                    self._bump(pod)
+                self.event(pod, "Failed", f"Error: {message}", "Warning")
+                return None
+            folder = Path(tempfile.mkdtemp(prefix="fake-kube-secret-"))
+            folder.chmod(0o755)
+            for key, value in (secret.get("data") or {}).items():
+                (folder / key).write_bytes(base64.b64decode(value))
+                (folder / key).chmod(volume["secret"].get("defaultMode", 0o644))
+            pod.setdefault("_secret_dirs", []).append(str(folder))
+            mounts[str(folder)] = {"bind": mount["mountPath"], "mode": "ro"}
+        return mounts
+
     def _remove_container(self, pod: dict) -> None:
+        for folder in pod.get("_secret_dirs", []):
+            shutil.rmtree(folder, ignore_errors=True)
         if pod.get("_token_dir"):
             shutil.rmtree(pod["_token_dir"], ignore_errors=True)
         if pod.get("_container"):
@@ -495,7 +546,7 @@ class Handler(BaseHTTPRequestHandler):
     def _route(self) -> tuple[str, str | None, str | None, dict]:
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        match = re.fullmatch(r"/api/v1/namespaces/([^/]+)/(pods|events)(?:/([^/]+))?(/log)?", url.path)
+        match = re.fullmatch(r"/api/v1/namespaces/([^/]+)/(pods|events|secrets)(?:/([^/]+))?(/log)?", url.path)
         if not match:
             return "", None, None, query
         ns, kind, name, log = match.groups()
@@ -524,6 +575,12 @@ class Handler(BaseHTTPRequestHandler):
             return None
         if what == "pods/log":
             return self._logs(ns, name, query)
+        if what == "secrets" and name:
+            with self.cluster.lock:
+                secret = self.cluster.secrets.get((ns, name))
+            if secret is None:
+                return self._reply(404, status(404, "NotFound", f'secrets "{name}" not found'))
+            return self._reply(200, secret)
         if what == "events" and query.get("watch", "").lower() in ("true", "1"):
             return self._watch_events(ns, query)
         if what == "events":
@@ -599,6 +656,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         what, ns, name, _ = self._route()
+        if what == "secrets" and name is None:
+            return self._create_secret(ns, self._body())
         if what != "pods" or name is not None:
             return self._reply(404, status(404, "NotFound", f"{self.path} is not served by this test double"))
         body = self._body()
@@ -613,8 +672,35 @@ class Handler(BaseHTTPRequestHandler):
         with self.cluster.lock:
             self._reply(201, public(pod))
 
+    def _create_secret(self, ns: str, body: dict) -> None:
+        meta = body.setdefault("metadata", {})
+        name = meta.get("name") or ""
+        if len(name) > 253 or not DNS_SUBDOMAIN.match(name):
+            return self._reply(422, status(422, "Invalid", f'Secret "{name}" is invalid: metadata.name: Invalid value: "{name}"'))
+        meta.update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=now())
+        body.update(kind="Secret", apiVersion="v1")
+        with self.cluster.lock:
+            if (ns, name) in self.cluster.secrets:
+                return self._reply(409, status(409, "AlreadyExists", f'secrets "{name}" already exists'))
+            self.cluster._bump(body)
+            self.cluster.secrets[(ns, name)] = body
+        return self._reply(201, body)
+
     def do_PATCH(self) -> None:  # noqa: N802
         what, ns, name, _ = self._route()
+        if what == "secrets" and name:
+            patch = self._body()
+            with self.cluster.lock:
+                secret = self.cluster.secrets.get((ns, name))
+                if secret is None:
+                    return self._reply(404, status(404, "NotFound", f'secrets "{name}" not found'))
+                for field, value in (patch.get("metadata") or {}).items():
+                    if field in ("labels", "annotations"):
+                        secret["metadata"].setdefault(field, {}).update(value)
+                    elif field == "ownerReferences":
+                        secret["metadata"]["ownerReferences"] = value
+                self.cluster._bump(secret)
+                return self._reply(200, secret)
         pod = self._pod(ns, name) if what == "pods" and name else None
         if pod is None:
             return
@@ -628,6 +714,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:  # noqa: N802
         what, ns, name, query = self._route()
+        if what == "secrets" and name:
+            with self.cluster.lock:
+                secret = self.cluster.secrets.pop((ns, name), None)
+            if secret is None:
+                return self._reply(404, status(404, "NotFound", f'secrets "{name}" not found'))
+            return self._reply(200, secret)
         body = self._body()
         grace = body.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
         pod = self.cluster.delete(ns, name, None if grace is None else int(grace)) if what == "pods" and name else None

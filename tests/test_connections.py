@@ -104,9 +104,9 @@ def test_a_target_that_cannot_deliver_connections_refuses_the_call_before_anythi
     from airflow_infra.pipeline.connections import require_delivery
     from airflow_infra.targets import get_kind
 
-    with pytest.raises(InfraSpecError, match="target 'k8s' \\(kind 'kubernetes'\\) cannot deliver Airflow connections"):
-        require_delivery(get_kind("kubernetes").load_runner(), "k8s", "kubernetes", ["db"], "DAG 'd', task 't'")
-    for kind in ("local", "docker"):
+    with pytest.raises(InfraSpecError, match="target 'aws' \\(kind 'batch'\\) cannot deliver Airflow connections"):
+        require_delivery(get_kind("batch").load_runner(), "aws", "batch", ["db"], "DAG 'd', task 't'")
+    for kind in ("local", "docker", "kubernetes"):
         require_delivery(get_kind(kind).load_runner(), kind, kind, ["db"], "DAG 'd', task 't'")
 
 
@@ -269,13 +269,71 @@ def test_docker_calls_get_their_connections_over_stdin_never_in_docker_inspect(d
 
 @pytest.mark.integration
 def test_a_missing_connection_or_a_target_that_cannot_deliver_fails_the_task_before_anything_is_submitted(dags, docker_yaml):
-    docker_yaml("  k8s: {kind: kubernetes, namespace: ml}\n")
+    docker_yaml("  aws-batch: {kind: batch, job_queue: q}\n")
     _, env = _planted()
     run = dags.test("infra_connections_missing", env=env)
     assert not run.succeeded
     assert "DAG 'infra_connections_missing', task 'never_runs': connections: no Airflow connection 'no_such_connection'" in run.output
     assert (
-        "DAG 'infra_connections_missing', task 'on_kubernetes': connections=['planted_session_db']: "
-        "target 'k8s' (kind 'kubernetes') cannot deliver Airflow connections"
+        "DAG 'infra_connections_missing', task 'on_batch': connections=['planted_session_db']: "
+        "target 'aws-batch' (kind 'batch') cannot deliver Airflow connections"
     ) in run.output
     assert not (run.artifacts / "infra_connections_missing").exists()  # no call was packaged, let alone run
+
+
+@pytest.mark.integration
+def test_kubernetes_calls_get_their_connections_from_a_secret_owned_by_the_pod(dags, docker_yaml, moto_s3, fake_kube):
+    """A short-lived Secret per call, mounted read-only into the pod and owned by it: while the
+    call holds the values, neither the pod's spec nor anything the API lists but that Secret
+    holds them; when the task ends the Secret is gone."""
+    import requests
+
+    from tests.test_kubernetes import FAKE_API, pods_gone, write_kube_yaml
+
+    write_kube_yaml(docker_yaml, moto_s3, rules="rules:\n  - {target: k8s}\n")
+    values, env = _planted()
+    secrets = [v.encode() for k, v in values.items() if k != "worker_aws_secret"]
+
+    def look(_pid: int) -> dict:
+        pods = requests.get(f"{FAKE_API}/api/v1/namespaces/ml/pods", timeout=5).json()["items"]
+        pod = next(p for p in pods if p["metadata"]["name"].startswith("reads-them"))
+        secret = requests.get(f"{FAKE_API}/api/v1/namespaces/ml/secrets/{pod['metadata']['name']}-connections", timeout=5).json()
+        return {"pod": json.dumps(pod).encode(), "spec": pod["spec"], "uid": pod["metadata"]["uid"], "secret": secret}
+
+    run, seen = _run_holding(dags, {**env, "AIRFLOW_INFRA_TARGET": "k8s"}, look)
+    assert run.succeeded, run.output[-4000:]
+    assert not [s for s in secrets if s in seen["pod"]]  # not in the spec, its env or its status
+    env_of_pod = {e["name"]: e.get("value") for e in seen["spec"]["containers"][0]["env"]}
+    assert env_of_pod["AIRFLOW_INFRA_CONNECTIONS"] == "file:/var/run/airflow-infra/connections/connections.json"
+    assert seen["secret"]["metadata"]["ownerReferences"][0]["uid"] == seen["uid"]  # collected with the pod
+    assert any(v.get("secret") for v in seen["spec"]["volumes"])
+    result = run.result("reads_them")
+    assert result["password"] == digest(values["password"]) and result["login"] == digest(values["login"])
+    assert result["session_password"] == digest(PLANTED_CONN_SECRET) and result["writable"] is False
+    assert [run.result("mapped", i) for i in (0, 1)] == [[1, digest(PLANTED_CONN_SECRET)], [2, digest(PLANTED_CONN_SECRET)]]
+    everything = [*secrets, PLANTED_CONN_SECRET.encode()]
+    assert not [s for s in everything if s in run.output.encode()]  # the task log, the operator's pod logging
+    listed = requests.get(f"{FAKE_API}/api/v1/namespaces/ml/secrets/{json.loads(seen['pod'])['metadata']['name']}-connections", timeout=5)
+    assert listed.status_code == 404  # deleted when the task ended
+    assert pods_gone("reads-them") and pods_gone("mapped")
+
+
+def test_an_aws_connection_never_displaces_a_pods_own_identity(monkeypatch):
+    """Where the call's environment has an AWS identity of its own (a service account's role, a
+    Batch job role), its store access must keep using it: the connection's keys are left to
+    connection(); without one they become the variables boto reads."""
+    from airflow_infra.runtime import connection
+
+    aws = {"conn_type": "aws", "login": "AKIACONN", "password": "conn-secret", "extra": {"region_name": "eu-west-1"}}
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.setenv(name, "")  # recorded, so that teardown restores what install_connections sets
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/eks.amazonaws.com/serviceaccount/token")
+    install_connections({"cloud": aws})
+    assert "AWS_ACCESS_KEY_ID" not in os.environ and "AWS_SECRET_ACCESS_KEY" not in os.environ
+    assert os.environ["AWS_DEFAULT_REGION"] == "eu-west-1" and connection("cloud").password == "conn-secret"
+    monkeypatch.delenv("AWS_WEB_IDENTITY_TOKEN_FILE")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    install_connections({"cloud": aws})
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "AKIACONN"
+    install_connections({})

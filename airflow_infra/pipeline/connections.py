@@ -5,6 +5,7 @@ Their values never enter call.pkl, call.json, the handle, an image, a spec or a 
 target kind delivers them its own way (Runner.delivers_connections says it can):
   local    in the request the warm runtime server forks the call from (a socket, in memory)
   docker   written to the container's standard input once it has started
+  kubernetes  a short-lived Secret per call, owned by the pod, mounted read-only (targets/kubernetes/secrets.py)
 A kind that cannot deliver them refuses the call before anything is built or submitted.
 """
 
@@ -78,5 +79,5 @@ def require_delivery(runner_class: type, target: str, kind: str, conn_ids: list[
     if conn_ids and not getattr(runner_class, "delivers_connections", False):
         raise InfraSpecError(
             f"{where}: connections={conn_ids!r}: target {target!r} (kind {kind!r}) cannot deliver Airflow connections "
-            "to a task yet (local and docker can); pin the task to such a target, or leave connections out"
+            "to a task yet (local, docker and kubernetes can); pin the task to such a target, or leave connections out"
         )

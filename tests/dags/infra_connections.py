@@ -91,14 +91,14 @@ def infra_connections_missing():
     def never_runs():
         return 1
 
-    # Pinned to a kubernetes target (tests/test_connections.py's infra.yaml has one): that kind
-    # cannot deliver connections yet, so the task fails before any image or pod.
-    @infra_task(connections=["planted_session_db"], target="k8s")
-    def on_kubernetes():
+    # Pinned to a batch target (tests/test_connections.py's infra.yaml has one): that kind
+    # cannot deliver connections yet, so the task fails before any image or job.
+    @infra_task(connections=["planted_session_db"], target="aws-batch")
+    def on_batch():
         return 1
 
     never_runs()
-    on_kubernetes()
+    on_batch()
 
 
 infra_connections()

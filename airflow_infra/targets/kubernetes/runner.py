@@ -18,6 +18,7 @@ from typing import Any
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
 from airflow_infra.targets.image import prepare_image
 from airflow_infra.targets.kubernetes.explain import explain_pod
+from airflow_infra.targets.kubernetes.secrets import create_secret, delete_secret, mount_secret, own_secret
 from airflow_infra.targets.kubernetes.podspec import (
     TASK_DIR_ANNOTATION,
     make_operator,
@@ -30,6 +31,7 @@ from airflow_infra.targets.remote import aws_environment, execute_delegate, requ
 
 class KubernetesRunner(Runner):
     kind = "kubernetes"
+    delivers_connections = True  # a short-lived Secret per call, mounted into its pod (secrets.py)
 
     _reference = ""
     _operator: Any = None
@@ -53,22 +55,36 @@ class KubernetesRunner(Runner):
         )
         self._operator = operator
         operator.name = operator._set_name(operator.name)  # as the operator's execute does first
-        operator.pod_request_obj = operator.build_pod_request_obj(call.context)
+        namespace = self.target.namespace
+        secret = None
         try:
+            if call.connections:  # before the pod, which mounts it
+                secret = create_secret(operator.client, call, namespace, operator.name)
+                mount_secret(operator, secret)
+            operator.pod_request_obj = operator.build_pod_request_obj(call.context)
             operator.pod = operator.get_or_create_pod(operator.pod_request_obj, call.context)
         except Exception as exc:  # noqa: BLE001 - no pod was made: say why, in the API's words
             from airflow_infra.errors import InfraTaskFailed
 
+            if secret:
+                delete_secret(operator.client, namespace, secret)
             reason = getattr(exc, "body", None) or str(exc)
             raise InfraTaskFailed(f"{call.where}: the pod could not be created: {str(reason).strip()[:2000]}") from None
         metadata = operator.pod.metadata
+        if secret and metadata.name != operator.name:  # reattached: that pod has its own
+            delete_secret(operator.client, namespace, secret)
+        elif secret:
+            own_secret(operator.client, secret, operator.pod)
         if self.target.dashboard_url:
             call.publish_link("pod", self.target.dashboard_url.format(namespace=metadata.namespace, name=metadata.name))
         # A pod an earlier attempt of this try started writes to that attempt's folder.
         folder = (metadata.annotations or {}).get(TASK_DIR_ANNOTATION) or call.folder_uri
         if folder != call.folder_uri:
             call.log.info("reattached to pod %s: its results are in %s", metadata.name, folder)
-        return Handle(self.kind, self.name, metadata.name, folder, {"namespace": metadata.namespace})
+        details = {"namespace": metadata.namespace}
+        if secret and metadata.name == operator.name:
+            details["secret"] = secret  # the handle is stored: a resumed attempt deletes it too
+        return Handle(self.kind, self.name, metadata.name, folder, details)
 
     def wait(self, call: Call, handle: Handle) -> Deferral | None:
         from airflow.sdk.exceptions import TaskDeferred
@@ -102,6 +118,14 @@ class KubernetesRunner(Runner):
             memory_limit=call.resources.memory if "memory" in limits else None, timeout=call.resources.timeout,
             startup_timeout=self.target.startup_timeout, reference=self._reference,
         )
+
+    def collect(self, call: Call, handle: Handle) -> None:
+        # The pod's Secret goes with the pod (it owns it); deleted here too, at once.
+        if handle.details.get("secret"):
+            from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+            client = KubernetesHook(conn_id=self.target.kubernetes_conn_id).core_v1_client
+            delete_secret(client, handle.details.get("namespace", self.target.namespace), handle.details["secret"])
 
     def kill(self, handle: Handle) -> None:
         handle.details["killed"] = True

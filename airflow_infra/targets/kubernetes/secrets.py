@@ -1,0 +1,67 @@
+"""A call's Airflow connections in a pod: a short-lived Secret per call, mounted as a file.
+
+The values never enter the pod spec (its env holds only where to read them) or the
+operator's logs. The Secret is created just before the pod, owned by the pod once it exists
+(so the cluster's garbage collector deletes it with the pod, whoever deletes the pod), and
+deleted by the runner when the task ends, killed or not.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from airflow_infra import runtime
+from airflow_infra.targets.contract import Call
+
+MOUNT_DIR = "/var/run/airflow-infra/connections"
+FILE_NAME = "connections.json"
+VOLUME = "airflow-infra-connections"
+
+
+def secret_name(pod_name: str) -> str:
+    return f"{pod_name}-connections"  # pod names are DNS labels of 63 at most: this is a valid Secret name
+
+
+def create_secret(client: Any, call: Call, namespace: str, pod_name: str) -> str:
+    from kubernetes.client import models as k8s
+
+    name = secret_name(pod_name)
+    document = json.dumps(call.connections.document()).encode()
+    client.create_namespaced_secret(namespace, k8s.V1Secret(
+        metadata=k8s.V1ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/managed-by": "airflow-infra"}),
+        type="Opaque",
+        data={FILE_NAME: base64.b64encode(document).decode()},
+    ))
+    return name
+
+
+def mount_secret(operator: Any, name: str) -> None:
+    """Add the Secret to the operator's pod as a read-only file, and tell the runtime where."""
+    from kubernetes.client import models as k8s
+
+    operator.volumes = [*(operator.volumes or []), k8s.V1Volume(
+        name=VOLUME, secret=k8s.V1SecretVolumeSource(secret_name=name, default_mode=0o444))]
+    operator.volume_mounts = [*(operator.volume_mounts or []), k8s.V1VolumeMount(
+        name=VOLUME, mount_path=MOUNT_DIR, read_only=True)]
+    operator.env_vars = [*(operator.env_vars or []), k8s.V1EnvVar(
+        name=runtime.CONNECTIONS, value=f"file:{MOUNT_DIR}/{FILE_NAME}")]
+
+
+def own_secret(client: Any, name: str, pod: Any) -> None:
+    """Make the pod the Secret's owner: deleting the pod (the operator's cleanup, a person, a
+    node drain) deletes the Secret too, even if this worker dies first."""
+    client.patch_namespaced_secret(name, pod.metadata.namespace, {"metadata": {"ownerReferences": [{
+        "apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name, "uid": pod.metadata.uid,
+    }]}})
+
+
+def delete_secret(client: Any, namespace: str, name: str) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        client.delete_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status != 404:  # gone with its pod already
+            raise

@@ -307,10 +307,13 @@ def test_kubernetes_calls_get_their_connections_from_a_secret_owned_by_the_pod(d
     assert env_of_pod["AIRFLOW_INFRA_CONNECTIONS"] == "file:/var/run/airflow-infra/connections/connections.json"
     assert seen["secret"]["metadata"]["ownerReferences"][0]["uid"] == seen["uid"]  # collected with the pod
     assert any(v.get("secret") for v in seen["spec"]["volumes"])
-    result = run.result("reads_them")
+    from airflow_infra.client import Client
+
+    stored = Client(moto_s3).run("infra_connections", run.run_id)  # the pods wrote to the S3 store
+    result = stored["reads_them"].result
     assert result["password"] == digest(values["password"]) and result["login"] == digest(values["login"])
     assert result["session_password"] == digest(PLANTED_CONN_SECRET) and result["writable"] is False
-    assert [run.result("mapped", i) for i in (0, 1)] == [[1, digest(PLANTED_CONN_SECRET)], [2, digest(PLANTED_CONN_SECRET)]]
+    assert [stored["mapped"][i].result for i in (0, 1)] == [[1, digest(PLANTED_CONN_SECRET)], [2, digest(PLANTED_CONN_SECRET)]]
     everything = [*secrets, PLANTED_CONN_SECRET.encode()]
     assert not [s for s in everything if s in run.output.encode()]  # the task log, the operator's pod logging
     listed = requests.get(f"{FAKE_API}/api/v1/namespaces/ml/secrets/{json.loads(seen['pod'])['metadata']['name']}-connections", timeout=5)

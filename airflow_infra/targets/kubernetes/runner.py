@@ -58,10 +58,10 @@ class KubernetesRunner(Runner):
         namespace = self.target.namespace
         secret = None
         try:
-            if call.connections:  # before the pod, which mounts it
-                secret = create_secret(operator.client, call, namespace, operator.name)
-                mount_secret(operator, secret)
             operator.pod_request_obj = operator.build_pod_request_obj(call.context)
+            if call.connections:  # before the pod, which mounts it; named after it (its random suffix included)
+                secret = create_secret(operator.client, call, namespace, operator.pod_request_obj.metadata.name)
+                mount_secret(operator.pod_request_obj, secret, operator.base_container_name)
             operator.pod = operator.get_or_create_pod(operator.pod_request_obj, call.context)
         except Exception as exc:  # noqa: BLE001 - no pod was made: say why, in the API's words
             from airflow_infra.errors import InfraTaskFailed
@@ -71,7 +71,7 @@ class KubernetesRunner(Runner):
             reason = getattr(exc, "body", None) or str(exc)
             raise InfraTaskFailed(f"{call.where}: the pod could not be created: {str(reason).strip()[:2000]}") from None
         metadata = operator.pod.metadata
-        if secret and metadata.name != operator.name:  # reattached: that pod has its own
+        if secret and metadata.name != operator.pod_request_obj.metadata.name:  # reattached: that pod has its own
             delete_secret(operator.client, namespace, secret)
         elif secret:
             own_secret(operator.client, secret, operator.pod)
@@ -82,7 +82,7 @@ class KubernetesRunner(Runner):
         if folder != call.folder_uri:
             call.log.info("reattached to pod %s: its results are in %s", metadata.name, folder)
         details = {"namespace": metadata.namespace}
-        if secret and metadata.name == operator.name:
+        if secret and metadata.name == operator.pod_request_obj.metadata.name:
             details["secret"] = secret  # the handle is stored: a resumed attempt deletes it too
         return Handle(self.kind, self.name, metadata.name, folder, details)
 

@@ -21,7 +21,7 @@ VOLUME = "airflow-infra-connections"
 
 
 def secret_name(pod_name: str) -> str:
-    return f"{pod_name}-connections"  # pod names are DNS labels of 63 at most: this is a valid Secret name
+    return f"{pod_name}-connections"  # pod names are DNS subdomains of 253 at most, ours far shorter
 
 
 def create_secret(client: Any, call: Call, namespace: str, pod_name: str) -> str:
@@ -37,23 +37,25 @@ def create_secret(client: Any, call: Call, namespace: str, pod_name: str) -> str
     return name
 
 
-def mount_secret(operator: Any, name: str) -> None:
-    """Add the Secret to the operator's pod as a read-only file, and tell the runtime where."""
+def mount_secret(pod: Any, name: str, container: str) -> None:
+    """Add the Secret to the pod request as a read-only file of its base container (a pod
+    template's sidecars get nothing), and tell the runtime where it is."""
     from kubernetes.client import models as k8s
 
-    operator.volumes = [*(operator.volumes or []), k8s.V1Volume(
+    pod.spec.volumes = [*(pod.spec.volumes or []), k8s.V1Volume(
         name=VOLUME, secret=k8s.V1SecretVolumeSource(secret_name=name, default_mode=0o444))]
-    operator.volume_mounts = [*(operator.volume_mounts or []), k8s.V1VolumeMount(
-        name=VOLUME, mount_path=MOUNT_DIR, read_only=True)]
-    operator.env_vars = [*(operator.env_vars or []), k8s.V1EnvVar(
-        name=runtime.CONNECTIONS, value=f"file:{MOUNT_DIR}/{FILE_NAME}")]
+    base = next(c for c in pod.spec.containers if c.name == container)
+    base.volume_mounts = [*(base.volume_mounts or []), k8s.V1VolumeMount(name=VOLUME, mount_path=MOUNT_DIR, read_only=True)]
+    base.env = [*(base.env or []), k8s.V1EnvVar(name=runtime.CONNECTIONS, value=f"file:{MOUNT_DIR}/{FILE_NAME}")]
 
 
 def own_secret(client: Any, name: str, pod: Any) -> None:
     """Make the pod the Secret's owner: deleting the pod (the operator's cleanup, a person, a
-    node drain) deletes the Secret too, even if this worker dies first."""
+    node drain) deletes the Secret too, even if this worker dies first. The uid is read from
+    the API: the operator hands back its request, which has none."""
+    created = client.read_namespaced_pod(pod.metadata.name, pod.metadata.namespace)
     client.patch_namespaced_secret(name, pod.metadata.namespace, {"metadata": {"ownerReferences": [{
-        "apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name, "uid": pod.metadata.uid,
+        "apiVersion": "v1", "kind": "Pod", "name": created.metadata.name, "uid": created.metadata.uid,
     }]}})
 
 

@@ -6,10 +6,11 @@ It loads the call (function + arguments, pickled with cloudpickle), swaps artifa
 references in the arguments for the values they point to, runs the function and writes
 each output plus `outcome.json` (ok or error, output descriptions, measured peak memory,
 CPU and wall time) into OUT_DIR. The Airflow connections the task declared arrive in the
-warm server's request (local target) or as JSON on standard input (AIRFLOW_INFRA_CONNECTIONS
-=stdin: docker), never in a file or argument; the function reads them through
-airflow_infra.task_connections, which this file provides where the task runs. It must run where Airflow and airflow-infra are not
-installed: standard library and cloudpickle only, and no imports of this package.
+warm server's request (local target), as JSON on standard input (AIRFLOW_INFRA_CONNECTIONS
+=stdin: docker) or in a pod's own read-only Secret (=file:PATH: kubernetes), never in an
+argument, the store or an image; the function reads them through
+airflow_infra.task_connections, which this file provides where the task runs. It must run
+where Airflow and airflow-infra are not installed: standard library and cloudpickle only, and no imports of this package.
 The rest of the package imports the wire format (REF_KEY, file names, atomic_write) from
 here, so both sides always agree.
 """

@@ -91,8 +91,10 @@ def docker_yaml(infra_yaml, docker_infra):
     return write
 
 
-MOTO = "http://127.0.0.1:5001"
-FAKE_KUBE_API = "http://127.0.0.1:5002"
+# Where dev/start-moto.sh and dev/start-fake-kube.sh listen; a second checkout testing beside
+# this one points its tests at its own servers (MOTO_PORT / FAKE_KUBE_PORT, as the scripts read).
+MOTO = f"http://127.0.0.1:{os.environ.get('MOTO_PORT', '5001')}"
+FAKE_KUBE_API = f"http://127.0.0.1:{os.environ.get('FAKE_KUBE_PORT', '5002')}"
 AWS_CONN = json.dumps(
     {"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"region_name": "us-east-1", "endpoint_url": MOTO}}
 )

@@ -22,7 +22,7 @@ from airflow.sdk import DAG
 from airflow_infra import infra_task
 from airflow_infra.errors import InfraSpecError, InfraTaskFailed
 from airflow_infra.runtime import TaskConnection, connection_environment, install_connections
-from tests.conftest import HOME, PLANTED_CONN_SECRET
+from tests.conftest import HOME, MOTO, PLANTED_CONN_SECRET
 
 
 def digest(value: str) -> str:
@@ -52,11 +52,11 @@ def test_a_task_connection_is_plain_read_only_and_gives_airflows_uri():
 
 def test_an_aws_connection_gives_the_variables_client_libraries_read(monkeypatch):
     aws = {"conn_type": "aws", "login": "AKIA1", "password": "secret1",
-           "extra": {"region_name": "eu-west-1", "endpoint_url": "http://127.0.0.1:5001", "aws_session_token": "tok"}}
+           "extra": {"region_name": "eu-west-1", "endpoint_url": MOTO, "aws_session_token": "tok"}}
     other = {"conn_type": "aws", "login": "AKIA2", "password": "secret2", "extra": {}}
     env = connection_environment({"first": aws, "second": other, "db": {"conn_type": "postgres", "login": "x"}})
     assert env == {"AWS_ACCESS_KEY_ID": "AKIA1", "AWS_SECRET_ACCESS_KEY": "secret1", "AWS_SESSION_TOKEN": "tok",
-                   "AWS_DEFAULT_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:5001"}
+                   "AWS_DEFAULT_REGION": "eu-west-1", "AWS_ENDPOINT_URL": MOTO}
     # A variable the task's env= sets is kept: what the DAG says explicitly wins.
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-2")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
@@ -138,7 +138,7 @@ def _planted() -> tuple[dict[str, str], dict[str, str]]:
         }),
         "AIRFLOW_CONN_PLANTED_AWS": json.dumps({
             "conn_type": "aws", "login": values["aws_key"], "password": values["aws_secret"],
-            "extra": {"aws_session_token": values["aws_token"], "region_name": "eu-central-1", "endpoint_url": "http://127.0.0.1:5001"},
+            "extra": {"aws_session_token": values["aws_token"], "region_name": "eu-central-1", "endpoint_url": MOTO},
         }),
         # The worker's own AWS credentials: no local call may see them unless it declares an aws connection.
         "AWS_ACCESS_KEY_ID": "PLANTEDWORKERKEY", "AWS_SECRET_ACCESS_KEY": values["worker_aws_secret"],
@@ -213,7 +213,7 @@ def _check_run(run, values: dict[str, str], target: str) -> None:
     assert seen["aws"] == {
         "AWS_ACCESS_KEY_ID": digest(values["aws_key"]), "AWS_SECRET_ACCESS_KEY": digest(values["aws_secret"]),
         "AWS_SESSION_TOKEN": digest(values["aws_token"]), "AWS_DEFAULT_REGION": digest("eu-central-1"),
-        "AWS_ENDPOINT_URL": digest("http://127.0.0.1:5001"),
+        "AWS_ENDPOINT_URL": digest(MOTO),
     }
     assert seen["plain"] == "declared" and seen["session_password"] == digest(PLANTED_CONN_SECRET)
     none = run.result("declares_none")

@@ -23,9 +23,10 @@ from airflow_infra.targets.kubernetes import KubernetesTarget
 from airflow_infra.targets.kubernetes.podspec import TASK_DIR_ANNOTATION, make_operator, operator_arguments
 from airflow_infra.errors import InfraConfigError
 from airflow_infra.spec import Environment, Resources
+from tests.conftest import FAKE_KUBE_API
 
 K8S_VERSION = "1.33"
-FAKE_API = "http://127.0.0.1:5002"
+FAKE_API = FAKE_KUBE_API
 
 
 def pod_dict(resources: Resources, target: KubernetesTarget | None = None, task_id: str = "fit_model") -> dict:

@@ -2,7 +2,8 @@
 KubernetesPodOperator (blocking and deferrable) to run a pod end to end on this machine, with
 the timing and rules of a real control plane and kubelet where the provider can tell.
 
-Each pod becomes one Docker container on the local engine (host network). Like a cluster:
+Each container of a pod becomes a Docker container on the local engine (host network). Like a
+cluster:
 - create answers `{phase: Pending}` alone; every later step comes `--pace` seconds (default
   1 s) after the last, in a thread: scheduling, container creation, a pull's failure;
 - three fake nodes (two CPU nodes of 4 cores/16Gi, one GPU node of 8 cores/32Gi/4
@@ -21,8 +22,19 @@ Each pod becomes one Docker container on the local engine (host network). Like a
   ml/s3-runner) gets what the EKS pod identity webhook adds: AWS_ROLE_ARN and
   AWS_WEB_IDENTITY_TOKEN_FILE in its spec and a projected token, which boto exchanges at
   (moto's) STS for the role's credentials; moto does not verify the token or the role;
-- deletion is graceful: a running pod stays listed with a deletionTimestamp, its container
-  gets SIGTERM, then SIGKILL after the grace period (the request's, else the pod's, else 30 s).
+- deletion is graceful: a running pod stays listed with a deletionTimestamp, its containers
+  get SIGTERM, then SIGKILL after the grace period (the request's, else the pod's, else 30 s);
+  a container whose pod is deleted while it is being created is removed, never left running;
+- init containers run one after another before the others; one that exits non-zero fails the
+  pod (restartPolicy Never: initContainerStatuses show it terminated with its exit code, the
+  containers stay PodInitializing); then all `containers` run together (sidecars from a pod
+  template too), and the phase is the kubelet's: Running while any runs, Succeeded when all
+  exit 0, else Failed; logs per container (`?container=`, required when there are several);
+- eviction over local storage (fake_kube_eviction.py), measured on the engine every --pace
+  seconds (a kubelet: every 10 s): a container's writable layer (SizeRw) and disk-backed
+  emptyDirs against emptyDir sizeLimits and `ephemeral-storage` limits; the pod goes Failed with
+  reason Evicted and the kubelet's message, a DisruptionTarget condition and an Evicted event,
+  its containers SIGTERM then SIGKILL after 1 s (exit 137, reason Error: not OOMKilled).
 
 Served: pods create/get/list (labelSelector)/patch (labels, annotations)/delete, secrets
 create/get/patch (labels, annotations, ownerReferences)/delete (mounted into pods as read-only
@@ -30,9 +42,15 @@ files; a missing one is CreateContainerConfigError until it exists; owned ones a
 collected with their pod), pod logs
 (follow, timestamps, sinceSeconds), events list and watch (a stream of lines from a
 resourceVersion, 410 Expired once it is compacted). NOT modelled (a real cluster differs): no
-pod watches (pods are listed and read), no eviction (ephemeral-storage is not enforced), only the first
-container runs (no init containers, no sidecars), no auth, no other admission webhooks, no
-preemption, no node failures, no restarts (restartPolicy is Never for the operator's pods).
+pod watches (pods are listed and read); no restarts (restartPolicy is taken as Never, the
+operator's pods' policy: no OnFailure/Always, no CrashLoopBackOff, no native sidecars, i.e.
+init containers with restartPolicy Always); no node-pressure eviction (only limits are enforced;
+container logs do not count towards local storage; usage is sampled, so a burst between samples
+can pass); no probes (readiness, liveness, startup) or lifecycle hooks; containers of a pod share
+the host network but not a process namespace, and each gets its own /dev/shm; the deadline
+counts from the first container's start, not the kubelet's first sight of the pod; no config
+maps, projected or persistent volumes (secrets, emptyDirs and the service account token are);
+no auth, no other admission webhooks, no preemption, no node failures.
 
     python dev/fake_kube_api.py --port 5002 [--pace 1.0]
 """

@@ -517,3 +517,28 @@ def test_evictions_init_containers_and_sidecars_as_a_kubelet_ends_them(dags, doc
     assert Client(moto_s3).run("infra_kube_containers", run.run_id)["beside_sidecar"].result == 7
     assert "out of memory" not in out
     assert pods_gone("fills-disk") and pods_gone("after-init") and pods_gone("beside-sidecar")
+
+
+@pytest.mark.integration
+def test_a_pod_deleted_while_its_containers_are_created_leaves_none_running(fake_kube, docker_infra):
+    """Against the double alone (no Airflow): delete pods at moments around their containers'
+    creation; none of their containers may run on, as on a cluster."""
+    import docker
+
+    pods = f"{FAKE_API}/api/v1/namespaces/ml/pods"
+    image = "airflow-infra/base:bookworm"
+    names = []
+    for delay in (0.9, 1.2):
+        name = f"deleted-early-{int(delay * 10)}"
+        spec = {"containers": [{"name": n, "image": image, "command": ["sleep", "30"]} for n in ("base", "sidecar")],
+                "securityContext": {"runAsUser": 1000}}
+        assert requests.post(pods, json={"metadata": {"name": name}, "spec": spec}, timeout=5).status_code == 201
+        while not requests.get(f"{pods}/{name}", timeout=5).json()["status"].get("containerStatuses"):
+            time.sleep(0.05)  # scheduled: the containers are created about a second later
+        time.sleep(delay)
+        requests.delete(f"{pods}/{name}", json={"gracePeriodSeconds": 1}, timeout=5)
+        names.append(name)
+    assert all(pods_gone(name, within=15) for name in names)
+    time.sleep(1)
+    running = docker.from_env().containers.list(filters={"label": "airflow-infra.fake-kube"})
+    assert not [c.name for c in running if c.labels["airflow-infra.fake-kube"] in {f"ml/{n}" for n in names}]

@@ -2,7 +2,8 @@
 KubernetesPodOperator (blocking and deferrable) to run a pod end to end on this machine, with
 the timing and rules of a real control plane and kubelet where the provider can tell.
 
-Each pod becomes one Docker container on the local engine (host network). Like a cluster:
+Each container of a pod becomes a Docker container on the local engine (host network). Like a
+cluster:
 - create answers `{phase: Pending}` alone; every later step comes `--pace` seconds (default
   1 s) after the last, in a thread: scheduling, container creation, a pull's failure;
 - three fake nodes (two CPU nodes of 4 cores/16Gi, one GPU node of 8 cores/32Gi/4
@@ -21,8 +22,19 @@ Each pod becomes one Docker container on the local engine (host network). Like a
   ml/s3-runner) gets what the EKS pod identity webhook adds: AWS_ROLE_ARN and
   AWS_WEB_IDENTITY_TOKEN_FILE in its spec and a projected token, which boto exchanges at
   (moto's) STS for the role's credentials; moto does not verify the token or the role;
-- deletion is graceful: a running pod stays listed with a deletionTimestamp, its container
-  gets SIGTERM, then SIGKILL after the grace period (the request's, else the pod's, else 30 s).
+- deletion is graceful: a running pod stays listed with a deletionTimestamp, its containers
+  get SIGTERM, then SIGKILL after the grace period (the request's, else the pod's, else 30 s);
+  a container whose pod is deleted while it is being created is removed, never left running;
+- init containers run one after another before the others; one that exits non-zero fails the
+  pod (restartPolicy Never: initContainerStatuses show it terminated with its exit code, the
+  containers stay PodInitializing); then all `containers` run together (sidecars from a pod
+  template too), and the phase is the kubelet's: Running while any runs, Succeeded when all
+  exit 0, else Failed; logs per container (`?container=`, required when there are several);
+- eviction over local storage (fake_kube_eviction.py), measured on the engine every --pace
+  seconds (a kubelet: every 10 s): a container's writable layer (SizeRw) and disk-backed
+  emptyDirs against emptyDir sizeLimits and `ephemeral-storage` limits; the pod goes Failed with
+  reason Evicted and the kubelet's message, a DisruptionTarget condition and an Evicted event,
+  its containers SIGTERM then SIGKILL after 1 s (exit 137, reason Error: not OOMKilled).
 
 Served: pods create/get/list (labelSelector)/patch (labels, annotations)/delete, secrets
 create/get/patch (labels, annotations, ownerReferences)/delete (mounted into pods as read-only
@@ -30,9 +42,15 @@ files; a missing one is CreateContainerConfigError until it exists; owned ones a
 collected with their pod), pod logs
 (follow, timestamps, sinceSeconds), events list and watch (a stream of lines from a
 resourceVersion, 410 Expired once it is compacted). NOT modelled (a real cluster differs): no
-pod watches (pods are listed and read), no eviction (ephemeral-storage is not enforced), only the first
-container runs (no init containers, no sidecars), no auth, no other admission webhooks, no
-preemption, no node failures, no restarts (restartPolicy is Never for the operator's pods).
+pod watches (pods are listed and read); no restarts (restartPolicy is taken as Never, the
+operator's pods' policy: no OnFailure/Always, no CrashLoopBackOff, no native sidecars, i.e.
+init containers with restartPolicy Always); no node-pressure eviction (only limits are enforced;
+container logs do not count towards local storage; usage is sampled, so a burst between samples
+can pass); no probes (readiness, liveness, startup) or lifecycle hooks; containers of a pod share
+the host network but not a process namespace, and each gets its own /dev/shm; the deadline
+counts from the first container's start, not the kubelet's first sight of the pod; no config
+maps, projected or persistent volumes (secrets, emptyDirs and the service account token are);
+no auth, no other admission webhooks, no preemption, no node failures.
 
     python dev/fake_kube_api.py --port 5002 [--pace 1.0]
 """
@@ -56,18 +74,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import docker
 import docker.errors
+from fake_kube_eviction import storage_eviction, to_bytes, writable_layer
 
 LABEL = "airflow-infra.fake-kube"
-UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def to_bytes(quantity: str) -> int:
-    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(quantity))
-    return int(float(match.group(1)) * UNITS.get(match.group(2), 1))
 
 
 def to_cores(quantity: str) -> float:
@@ -150,14 +163,21 @@ NODES = [
 
 def pod_requests(spec: dict) -> dict[str, float]:
     """The pod's requests as the scheduler sums them: per container, requests, or its limits
-    where no request is given (the API server defaults them so)."""
-    total: dict[str, float] = {}
-    for container in spec.get("containers") or []:
+    where no request is given (the API server defaults them so); init containers run one at a
+    time before the others, so the pod needs the larger of their largest and the others' sum."""
+    def requests_of(container: dict) -> dict[str, float]:
         resources = container.get("resources") or {}
         wanted = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
-        for key, value in wanted.items():
-            amount = to_cores(value) if key == "cpu" else float(to_bytes(value)) if key in ("memory", "ephemeral-storage") else float(value)
+        return {key: to_cores(value) if key == "cpu" else float(to_bytes(value)) if key in ("memory", "ephemeral-storage")
+                else float(value) for key, value in wanted.items()}
+
+    total: dict[str, float] = {}
+    for container in spec.get("containers") or []:
+        for key, amount in requests_of(container).items():
             total[key] = total.get(key, 0.0) + amount
+    for container in spec.get("initContainers") or []:
+        for key, amount in requests_of(container).items():
+            total[key] = max(total.get(key, 0.0), amount)
     return total
 
 
@@ -191,15 +211,17 @@ class Cluster:
         self.version += 1
         obj["metadata"]["resourceVersion"] = str(self.version)
 
-    def event(self, pod: dict, reason: str, message: str, kind: str = "Normal") -> None:
+    def event(self, pod: dict, reason: str, message: str, kind: str = "Normal", container: str | None = None) -> None:
         meta = pod["metadata"]
+        inits = {c["name"] for c in pod["spec"].get("initContainers") or []}
+        field = f"spec.{'initContainers' if container in inits else 'containers'}{{{container}}}"
         with self.lock:
             self.version += 1
             self.events.append({
                 "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:8]}", "namespace": meta["namespace"],
                              "uid": str(uuid.uuid4()), "resourceVersion": str(self.version)},
                 "involvedObject": {"kind": "Pod", "name": meta["name"], "namespace": meta["namespace"],
-                                   "uid": meta["uid"], "fieldPath": "spec.containers{base}"},
+                                   "uid": meta["uid"], **({"fieldPath": field} if container else {})},
                 "reason": reason, "message": message, "type": kind, "count": 1,
                 "firstTimestamp": now(), "lastTimestamp": now(),
             })
@@ -217,7 +239,7 @@ class Cluster:
             if role:  # what the EKS pod identity webhook adds at admission, for every container
                 added = {"AWS_ROLE_ARN": role, "AWS_WEB_IDENTITY_TOKEN_FILE": f"{TOKEN_DIR}/token",
                          "AWS_STS_REGIONAL_ENDPOINTS": "regional"}
-                for container in pod["spec"]["containers"]:
+                for container in [*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]]:
                     env = [e for e in container.get("env") or [] if e["name"] not in added]
                     container["env"] = env + [{"name": k, "value": v} for k, v in added.items()]
             pod["status"] = {"phase": "Pending", "qosClass": "Burstable"}  # all a create answers with
@@ -238,14 +260,25 @@ class Cluster:
         return {"name": container["name"], "image": container["image"], "imageID": "", "ready": False,
                 "restartCount": 0, "started": False, "state": {"waiting": state}}
 
-    def _set(self, pod: dict, phase: str, state: dict, **extra) -> None:
+    def _state(self, pod: dict, name: str, state: dict) -> None:
+        """One container's state, in initContainerStatuses or containerStatuses."""
         with self.lock:
-            status_ = pod["status"]
-            status_["phase"] = phase
-            status_["containerStatuses"][0]["state"] = state
-            status_["containerStatuses"][0]["ready"] = "running" in state
-            status_.update(extra)
+            for key in ("initContainerStatuses", "containerStatuses"):
+                for entry in pod["status"].get(key) or []:
+                    if entry["name"] == name:
+                        entry.update(state=state, ready="running" in state, started="running" in state)
             self._bump(pod)
+
+    def _waiting_state(self, pod: dict, container: dict, reason: str, message: str) -> None:
+        self._state(pod, container["name"], self._waiting(container, reason, message)["state"])
+
+    def _phase(self, pod: dict, phase: str, **extra) -> None:
+        with self.lock:
+            pod["status"]["phase"] = phase
+            pod["status"].update(extra)
+            self._bump(pod)
+        if phase in ("Succeeded", "Failed"):  # no container runs: the pod is no longer ready
+            self._condition(pod, "Ready", "False", reason="PodCompleted" if phase == "Succeeded" else "PodFailed")
 
     def _condition(self, pod: dict, kind: str, value: str, **extra) -> None:
         with self.lock:
@@ -312,35 +345,34 @@ class Cluster:
                 return True
             except docker.errors.ImageNotFound:
                 pass
-            self.event(pod, "Pulling", f'Pulling image "{image}"')
+            self.event(pod, "Pulling", f'Pulling image "{image}"', container=container["name"])
             try:
                 self.docker.images.pull(image)
-                self.event(pod, "Pulled", f'Successfully pulled image "{image}"')
+                self.event(pod, "Pulled", f'Successfully pulled image "{image}"', container=container["name"])
                 return True
             except docker.errors.APIError as exc:
                 message = f'failed to pull and unpack image "{image}": {exc.explanation or exc}'
             time.sleep(self.pace)  # the failure shows seconds after the pull began, not at create
-            self.event(pod, "Failed", f"Failed to pull image \"{image}\": {message}", "Warning")
-            self.event(pod, "Failed", "Error: ErrImagePull", "Warning")
-            with self.lock:
-                pod["status"]["containerStatuses"][0] = self._waiting(container, "ErrImagePull", message)
-                self._bump(pod)
+            self.event(pod, "Failed", f"Failed to pull image \"{image}\": {message}", "Warning", container["name"])
+            self.event(pod, "Failed", "Error: ErrImagePull", "Warning", container["name"])
+            self._waiting_state(pod, container, "ErrImagePull", message)
             time.sleep(self.pace)
             if self._gone(pod):
                 break
             back = f'Back-off pulling image "{image}": ErrImagePull: {message}'
-            self.event(pod, "BackOff", f'Back-off pulling image "{image}"')
-            with self.lock:
-                pod["status"]["containerStatuses"][0] = self._waiting(container, "ImagePullBackOff", back)
-                self._bump(pod)
+            self.event(pod, "BackOff", f'Back-off pulling image "{image}"', container=container["name"])
+            self._waiting_state(pod, container, "ImagePullBackOff", back)
             time.sleep(backoff)
             backoff = min(backoff * 2, 300)
         return False
 
     def _token_dir(self, pod: dict) -> Path:
         """A projected service account token, as the kubelet writes it for the pod: a JWT-shaped
-        string naming the service account (moto's STS does not verify it; real STS would)."""
+        string naming the service account (moto's STS does not verify it; real STS would); one
+        per pod, mounted into each of its containers."""
         meta, spec = pod["metadata"], pod["spec"]
+        if pod.get("_token_dir"):
+            return Path(pod["_token_dir"])
         folder = Path(tempfile.mkdtemp(prefix="fake-kube-token-"))
         folder.chmod(0o755)
         subject = f"system:serviceaccount:{meta['namespace']}:{spec.get('serviceAccountName') or 'default'}"
@@ -358,93 +390,231 @@ class Cluster:
         return configured.split(":")[0] in ("", "0", "root")
 
     def _run(self, pod: dict) -> None:
-        spec, meta = pod["spec"], pod["metadata"]
-        container = spec["containers"][0]
-        image = container["image"]
+        """The pod's life on its node: init containers one after another (each must succeed),
+        then all its containers together, supervised until they end, are evicted or overrun
+        the deadline, or the pod is deleted."""
+        spec = pod["spec"]
+        inits, mains = spec.get("initContainers") or [], spec["containers"]
         time.sleep(self.pace)
         if not self._schedule(pod):
             return
         with self.lock:
-            pod["status"]["containerStatuses"] = [self._waiting(container, "ContainerCreating", "")]
+            if inits:
+                pod["status"]["initContainerStatuses"] = [self._waiting(c, "PodInitializing", "") for c in inits]
+            first = "PodInitializing" if inits else "ContainerCreating"
+            pod["status"]["containerStatuses"] = [self._waiting(c, first, "") for c in mains]
             self._bump(pod)
+        if inits:
+            self._condition(pod, "Initialized", "False", reason="ContainersNotInitialized",
+                            message=f"containers with incomplete status: [{' '.join(c['name'] for c in inits)}]")
         time.sleep(self.pace)
-        if not self._pull(pod, container):
-            return
+        for init in inits:
+            codes = self._supervise(pod, self._start(pod, [init]))
+            if codes is None:
+                return
+            if codes[init["name"]] != 0:  # restartPolicy Never: the pod fails, its containers never start
+                self._phase(pod, "Failed")
+                return
+        if inits:
+            self._condition(pod, "Initialized", "True")
+            for container in mains:
+                self._waiting_state(pod, container, "ContainerCreating", "")
+        codes = self._supervise(pod, self._start(pod, mains))
+        if codes is not None:  # restartPolicy Never: Succeeded only when every container did
+            self._phase(pod, "Succeeded" if not any(codes.values()) else "Failed")
+
+    def _start(self, pod: dict, containers: list[dict]) -> dict | None:
+        """Pull, check and create each container, then start them; None when the pod cannot go
+        on (deleted, or left Pending as a kubelet leaves it: pull back-off, config error)."""
+        prepared = []
+        for container in containers:
+            if not self._pull(pod, container):
+                return None
+            options = self._container_options(pod, container)
+            if options is None:
+                return None
+            prepared.append((container, options))
+        started: dict[str, object] = {}
+        for container, options in prepared:
+            name = container["name"]
+            try:
+                with self.lock:  # a delete from now on finds the container to stop
+                    if self._gone(pod):
+                        return None
+                    created = self.docker.containers.create(
+                        container["image"], command=container.get("args") or None,
+                        entrypoint=container.get("command") or None, **options,
+                    )
+                    pod.setdefault("_containers", {})[name] = created.id
+                created.start()
+            except docker.errors.APIError as exc:
+                if self._gone(pod):  # removed by a delete between create and start
+                    return None
+                self._state(pod, name, {"terminated": {"exitCode": 128, "reason": "StartError",
+                                                       "message": str(exc), "finishedAt": now()}})
+                self._stop(pod, started, {}, grace=0)
+                self._phase(pod, "Failed")
+                return None
+            if self._gone(pod):  # deleted while it was being created: it must not run on
+                try:
+                    created.remove(force=True)
+                except docker.errors.NotFound:
+                    pass
+                return None
+            started[name] = created
+            self.event(pod, "Started", f"Started container {name}", container=name)
+            self._state(pod, name, {"running": {"startedAt": now()}})
+        with self.lock:
+            if "startTime" not in pod["status"]:  # the deadline counts from the pod's start
+                pod["status"]["startTime"] = now()
+                deadline = pod["spec"].get("activeDeadlineSeconds")
+                pod["_deadline"] = time.monotonic() + int(deadline) if deadline else None
+            if containers is pod["spec"]["containers"]:
+                pod["status"]["phase"] = "Running"
+            self._bump(pod)
+        if containers is pod["spec"]["containers"]:
+            self._condition(pod, "Ready", "True")
+        return started
+
+    def _container_options(self, pod: dict, container: dict) -> dict | None:
+        """Docker's options for one container (limits, user, mounts, env); None when a kubelet
+        cannot create it (CreateContainerConfigError): the pod stays Pending."""
+        spec, meta = pod["spec"], pod["metadata"]
         security = {**(spec.get("securityContext") or {}), **(container.get("securityContext") or {})}
-        if security.get("runAsNonRoot") and self._runs_as_root(image, security):
+        if security.get("runAsNonRoot") and self._runs_as_root(container["image"], security):
             # A kubelet refuses to start it and leaves the pod Pending (it retries, to no avail).
-            message = f"container has runAsNonRoot and image will run as root (pod: \"{meta['name']}_{meta['namespace']}({meta['uid']})\", container: {container['name']})"
-            self.event(pod, "Failed", f"Error: {message}", "Warning")
-            with self.lock:
-                pod["status"]["containerStatuses"][0] = self._waiting(container, "CreateContainerConfigError", message)
-                self._bump(pod)
-            return
+            message = (f"container has runAsNonRoot and image will run as root (pod: \"{meta['name']}_{meta['namespace']}"
+                       f"({meta['uid']})\", container: {container['name']})")
+            self.event(pod, "Failed", f"Error: {message}", "Warning", container["name"])
+            self._waiting_state(pod, container, "CreateContainerConfigError", message)
+            return None
         limits = (container.get("resources") or {}).get("limits") or {}
-        kwargs: dict = {"network_mode": "host", "labels": {LABEL: f"{meta['namespace']}/{meta['name']}"}}
+        options: dict = {"network_mode": "host", "labels": {LABEL: f"{meta['namespace']}/{meta['name']}"}, "volumes": {}}
         if "memory" in limits:
-            kwargs["mem_limit"] = kwargs["memswap_limit"] = to_bytes(limits["memory"])
+            options["mem_limit"] = options["memswap_limit"] = to_bytes(limits["memory"])
         if "cpu" in limits:
-            kwargs["nano_cpus"] = int(to_cores(limits["cpu"]) * 1e9)
+            options["nano_cpus"] = int(to_cores(limits["cpu"]) * 1e9)
         for mount in container.get("volumeMounts") or []:
             volume = next(v for v in spec.get("volumes", []) if v["name"] == mount["name"])
             empty = volume.get("emptyDir")
-            if mount["mountPath"] == "/dev/shm" and empty and empty.get("medium") == "Memory":
-                kwargs["shm_size"] = to_bytes(empty.get("sizeLimit", "64Mi"))
+            if empty is not None and empty.get("medium") == "Memory" and mount["mountPath"] == "/dev/shm":
+                options["shm_size"] = to_bytes(empty.get("sizeLimit", "64Mi"))
+            elif empty is not None:  # on the node's disk, shared by the pod's containers
+                options["volumes"][self._empty_dir(pod, mount["name"])] = {"bind": mount["mountPath"], "mode": "rw"}
         if "runAsUser" in security:
-            kwargs["user"] = f"{security['runAsUser']}:{security.get('runAsGroup', security['runAsUser'])}"
+            options["user"] = f"{security['runAsUser']}:{security.get('runAsGroup', security['runAsUser'])}"
         env = {e["name"]: e.get("value", "") for e in container.get("env") or []}
+        options["environment"] = env
         if "AWS_WEB_IDENTITY_TOKEN_FILE" in env and role_of(pod):  # the token the kubelet projects
-            kwargs["volumes"] = {str(self._token_dir(pod)): {"bind": TOKEN_DIR, "mode": "ro"}}
+            options["volumes"][str(self._token_dir(pod))] = {"bind": TOKEN_DIR, "mode": "ro"}
         while (secret_mounts := self._secret_volumes(pod, container)) is None:
             time.sleep(max(self.pace, 0.2) * 2)
             if self._gone(pod):
-                return
-        if secret_mounts:
-            kwargs["volumes"] = {**kwargs.get("volumes", {}), **secret_mounts}
+                return None
+        options["volumes"].update(secret_mounts)
+        return options
+
+    def _empty_dir(self, pod: dict, volume: str) -> str:
+        """A disk-backed emptyDir: one folder per pod and volume, world-writable as the kubelet
+        makes it, counted against the pod's ephemeral storage."""
+        with self.lock:
+            folders = pod.setdefault("_empty_dirs", {})
+            if volume not in folders:
+                folder = tempfile.mkdtemp(prefix="fake-kube-emptydir-")
+                os.chmod(folder, 0o777)
+                folders[volume] = folder
+            return folders[volume]
+
+    def _supervise(self, pod: dict, started: dict | None) -> dict[str, int] | None:
+        """Follow the started containers until each ends (their exit codes), or the kubelet ends
+        the pod: its deadline passes, or its local storage goes over its limit (eviction; checked
+        every --pace seconds, where a kubelet checks every 10 s). None when the pod ended so, or
+        was deleted."""
+        if started is None:
+            return None
+        codes: dict[str, int] = {}
+        measured = time.monotonic()
+        while len(codes) < len(started):
+            for name, container in started.items():
+                if name not in codes and self._ended(pod, name, container):
+                    codes[name] = container.attrs["State"]["ExitCode"]
+            if len(codes) == len(started):
+                break
+            if self._gone(pod):  # being deleted: _terminate stops them; record how they end
+                time.sleep(0.2)
+                continue
+            deadline = pod.get("_deadline")
+            if deadline and time.monotonic() > deadline:
+                message = "Pod was active on the node longer than the specified deadline"
+                self.event(pod, "DeadlineExceeded", message, "Warning")
+                self._stop(pod, started, codes, grace=0)
+                self._phase(pod, "Failed", reason="DeadlineExceeded", message=message)
+                return None
+            if time.monotonic() - measured >= max(self.pace, 0.5):
+                measured = time.monotonic()
+                if self._evicted(pod, started, codes):
+                    return None
+            time.sleep(0.2)
+        return codes
+
+    def _ended(self, pod: dict, name: str, container) -> bool:
+        """Whether the container has stopped; if so its terminated state is recorded as a
+        kubelet reports it (OOMKilled only for an OOM kill)."""
         try:
-            with self.lock:  # a delete from now on finds the container to stop
-                if self._gone(pod):
-                    return
-                docker_container = self.docker.containers.create(
-                    image, command=container.get("args") or None, entrypoint=container.get("command") or None,
-                    environment=env, **kwargs,
-                )
-                pod["_container"] = docker_container.id
-            docker_container.start()
-        except docker.errors.APIError as exc:
-            self._set(pod, "Failed", {"terminated": {"exitCode": 128, "reason": "StartError",
-                                                     "message": str(exc), "finishedAt": now()}})
-            return
-        started = now()
-        self.event(pod, "Started", "Started container base")
-        self._set(pod, "Running", {"running": {"startedAt": started}}, startTime=started)
-        self._condition(pod, "Ready", "True")
-        deadline = spec.get("activeDeadlineSeconds")
-        try:
-            result = docker_container.wait(timeout=deadline) if deadline else docker_container.wait()
-        except Exception:  # noqa: BLE001 - the deadline passed: kubelet kills the pod
-            docker_container.kill()
-            docker_container.wait()
-            self.event(pod, "DeadlineExceeded", "Pod was active on the node longer than the specified deadline", "Warning")
-            self._set(pod, "Failed", {"terminated": {"exitCode": 137, "reason": "Error", "startedAt": started,
-                                                     "finishedAt": now()}},
-                      reason="DeadlineExceeded", message="Pod was active on the node longer than the specified deadline")
-            return
-        code = result["StatusCode"]
-        docker_container.reload()
-        reason = "OOMKilled" if docker_container.attrs["State"].get("OOMKilled") else ("Completed" if code == 0 else "Error")
-        self._set(pod, "Succeeded" if code == 0 else "Failed",
-                  {"terminated": {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": now()}})
+            container.reload()
+        except docker.errors.NotFound:  # removed by a deletion
+            container.attrs = {"State": {"ExitCode": 137, "OOMKilled": False, "Status": "removed"}}
+        state = container.attrs["State"]
+        if state.get("Status") not in ("exited", "dead", "removed"):
+            return False
+        code = state["ExitCode"]
+        reason = "OOMKilled" if state.get("OOMKilled") else ("Completed" if code == 0 else "Error")
+        self._state(pod, name, {"terminated": {"exitCode": code, "reason": reason, "finishedAt": now(),
+                                               "containerID": f"docker://{container.id}"}})
+        return True
+
+    def _evicted(self, pod: dict, started: dict, codes: dict[str, int]) -> bool:
+        """The kubelet's local storage eviction (fake_kube_eviction): the pod is Failed with
+        reason Evicted, a DisruptionTarget condition and an Evicted event; its containers get
+        SIGTERM and, after the 1 s grace a kubelet gives on a hard limit, SIGKILL."""
+        layers = {name: writable_layer(self.docker, container.id) for name, container in started.items()}
+        message = storage_eviction(pod, layers, dict(pod.get("_empty_dirs") or {}))
+        if message is None:
+            return False
+        self.event(pod, "Evicted", message, "Warning")
+        self._condition(pod, "DisruptionTarget", "True", reason="TerminationByKubelet", message=message)
+        self._stop(pod, started, codes, grace=1)
+        self._phase(pod, "Failed", reason="Evicted", message=message)
+        return True
+
+    def _stop(self, pod: dict, started: dict, codes: dict[str, int], grace: int) -> None:
+        """Stop the containers still running as a kubelet kills them (SIGTERM, SIGKILL after
+        `grace` seconds; at once when 0) and record how each ended."""
+        running = {name: c for name, c in started.items() if name not in codes}
+        for name, container in running.items():
+            self.event(pod, "Killing", f"Stopping container {name}", container=name)
+            try:
+                container.kill(signal="SIGTERM" if grace else "SIGKILL")
+            except docker.errors.APIError:
+                pass  # it ended already
+        for name, container in running.items():
+            try:
+                container.wait(timeout=grace or 5)
+            except Exception:  # noqa: BLE001 - the grace period is over
+                container.kill()
+                container.wait()
+            self._ended(pod, name, container)
+            codes[name] = container.attrs["State"]["ExitCode"]
 
     def delete(self, namespace: str, name: str, grace: int | None) -> dict | None:
-        """Graceful, as the API server and kubelet do it: a pod whose container runs stays
-        listed with a deletionTimestamp, its container gets SIGTERM, then SIGKILL once the
-        grace period is over; a pod with nothing running goes at once."""
+        """Graceful, as the API server and kubelet do it: a pod with a container running (init
+        containers too) stays listed with a deletionTimestamp, its containers get SIGTERM, then
+        SIGKILL once the grace period is over; a pod with nothing running goes at once."""
         with self.lock:
             pod = self.pods.get((namespace, name))
             if pod is None:
                 return None
-            running = pod["status"].get("phase") == "Running" and pod.get("_container")
+            running = pod["status"].get("phase") not in ("Succeeded", "Failed") and pod.get("_containers")
             if not running or grace == 0:
                 self.pods.pop((namespace, name), None)
                 self._collect_garbage(pod)
@@ -459,13 +629,23 @@ class Cluster:
 
     def _terminate(self, pod: dict, period: int) -> None:
         meta = pod["metadata"]
-        self.event(pod, "Killing", "Stopping container base")
-        try:
-            container = self.docker.containers.get(pod["_container"])
-            container.kill(signal="SIGTERM")
-            container.wait(timeout=period)
-        except Exception:  # noqa: BLE001 - gone already, or the grace period is over
-            pass
+        ends = time.monotonic() + period
+        with self.lock:
+            running = dict(pod.get("_containers") or {})
+        for name, container_id in running.items():
+            try:
+                container = self.docker.containers.get(container_id)
+                if container.status == "running":
+                    self.event(pod, "Killing", f"Stopping container {name}", container=name)
+                    container.kill(signal="SIGTERM")
+            except docker.errors.APIError:  # ended already
+                pass
+        for container_id in running.values():
+            try:
+                self.docker.containers.get(container_id).wait(timeout=max(ends - time.monotonic(), 0.1))
+            except Exception:  # noqa: BLE001 - gone already, or the grace period is over
+                pass
+        time.sleep(0.5)  # the kubelet reports how they ended before the pod goes
         with self.lock:
             self.pods.pop((meta["namespace"], meta["name"]), None)
             self._collect_garbage(pod)
@@ -494,10 +674,8 @@ class Cluster:
                 secret = self.secrets.get((meta["namespace"], wanted))
             if secret is None:
                 message = f'secret "{wanted}" not found'
-                with self.lock:
-                    pod["status"]["containerStatuses"][0] = self._waiting(container, "CreateContainerConfigError", message)
-                    self._bump(pod)
-                self.event(pod, "Failed", f"Error: {message}", "Warning")
+                self._waiting_state(pod, container, "CreateContainerConfigError", message)
+                self.event(pod, "Failed", f"Error: {message}", "Warning", container["name"])
                 return None
             folder = Path(tempfile.mkdtemp(prefix="fake-kube-secret-"))
             folder.chmod(0o755)
@@ -509,13 +687,15 @@ class Cluster:
         return mounts
 
     def _remove_container(self, pod: dict) -> None:
-        for folder in pod.get("_secret_dirs", []):
+        for folder in [*pod.get("_secret_dirs", []), *(pod.get("_empty_dirs") or {}).values()]:
             shutil.rmtree(folder, ignore_errors=True)
         if pod.get("_token_dir"):
             shutil.rmtree(pod["_token_dir"], ignore_errors=True)
-        if pod.get("_container"):
+        with self.lock:
+            containers = list((pod.get("_containers") or {}).values())
+        for container_id in containers:
             try:
-                self.docker.containers.get(pod["_container"]).remove(force=True)
+                self.docker.containers.get(container_id).remove(force=True)
             except docker.errors.NotFound:
                 pass
 
@@ -626,9 +806,18 @@ class Handler(BaseHTTPRequestHandler):
         pod = self._pod(ns, name)
         if pod is None:
             return
-        container_id = pod.get("_container")
+        spec = pod["spec"]
+        mains = [c["name"] for c in spec["containers"]]
+        inits = [c["name"] for c in spec.get("initContainers") or []]
+        wanted = query.get("container") or (mains[0] if len(mains) == 1 else None)
+        if wanted is None:  # as the API server answers: which one is ambiguous
+            choice = f"choose one of: [{' '.join(mains)}]" + (f" or one of the init containers: [{' '.join(inits)}]" if inits else "")
+            return self._reply(400, status(400, "BadRequest", f"a container name must be specified for pod {name}, {choice}"))
+        if wanted not in mains + inits:
+            return self._reply(400, status(400, "BadRequest", f"container {wanted} is not valid for pod {name}"))
+        container_id = (pod.get("_containers") or {}).get(wanted)
         if not container_id:
-            return self._reply(400, status(400, "BadRequest", f'container "base" in pod "{name}" is waiting to start'))
+            return self._reply(400, status(400, "BadRequest", f'container "{wanted}" in pod "{name}" is waiting to start'))
         try:
             container = self.cluster.docker.containers.get(container_id)
         except docker.errors.NotFound:
@@ -649,8 +838,9 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             return
         # As a kubelet does, end a followed log only once the pod shows the container stopped.
+        statuses = [*(pod["status"].get("initContainerStatuses") or []), *(pod["status"].get("containerStatuses") or [])]
         for _ in range(50 if follow else 0):
-            if pod["status"]["phase"] != "Running":
+            if any(c["name"] == wanted and "terminated" in c["state"] for c in statuses) or pod["status"]["phase"] not in ("Pending", "Running"):
                 break
             time.sleep(0.1)
 

@@ -136,7 +136,7 @@ def test_bad_kubernetes_config_is_refused():
 
 # End to end, against the test double.
 
-def write_kube_yaml(docker_yaml, moto_s3: str, *, deferrable: bool = False, rules: str = "") -> str:
+def write_kube_yaml(docker_yaml, moto_s3: str, *, deferrable: bool = False, rules: str = "", extra: str = "") -> str:
     return docker_yaml(  # appended under `targets:`
         f"  k8s: {{kind: kubernetes, namespace: ml, pass_credentials: true, deferrable: {str(deferrable).lower()}, "
         "startup_timeout: 60, dashboard_url: 'https://dashboard.test/#/pod/{namespace}/{name}'}\n"
@@ -148,7 +148,8 @@ def write_kube_yaml(docker_yaml, moto_s3: str, *, deferrable: bool = False, rule
         "security_context: {runAsNonRoot: true}}\n"
         # The production way to the store: the service account's role, no keys (pass_credentials off).
         "  k8s-irsa: {kind: kubernetes, namespace: ml, service_account: s3-runner}\n"
-        f"artifacts: {moto_s3}\n"
+        + extra
+        + f"artifacts: {moto_s3}\n"
         + (rules or "rules:\n  - {when: \"memory >= 512Mi\", target: k8s}\n  - {target: local}\n")
     )
 
@@ -362,13 +363,19 @@ def test_a_new_try_never_follows_a_pod_being_deleted(airflow_db, dags, docker_ya
 
 
 def _pod(phase: str, *, reason: str | None = None, message: str | None = None, waiting=None, terminated=None,
-         conditions=None, deleting: bool = False):
+         conditions=None, deleting: bool = False, inits=(), others=()):
+    """A pod as the API returns it; `inits` and `others`: (name, terminated state) of init
+    containers and of containers beside base."""
     from kubernetes.client import models as k8s
 
-    state = k8s.V1ContainerState(waiting=waiting, terminated=terminated)
+    def status_of(name, waiting=None, terminated=None):
+        return k8s.V1ContainerStatus(name=name, image="i", image_id="", ready=False, restart_count=0,
+                                     state=k8s.V1ContainerState(waiting=waiting, terminated=terminated))
+
     status = k8s.V1PodStatus(phase=phase, reason=reason, message=message, conditions=conditions,
-                             container_statuses=[k8s.V1ContainerStatus(name="base", image="i", image_id="", ready=False,
-                                                                       restart_count=0, state=state)])
+                             init_container_statuses=[status_of(n, terminated=t) for n, t in inits] or None,
+                             container_statuses=[status_of("base", waiting, terminated),
+                                                 *(status_of(n, terminated=t) for n, t in others)])
     meta = k8s.V1ObjectMeta(name="fit-1", deletion_timestamp="2026-01-01T00:00:00Z" if deleting else None)
     return k8s.V1Pod(metadata=meta, status=status)
 
@@ -403,6 +410,46 @@ def test_eviction_deletion_and_config_errors_are_named():
         'container config error: pod fit-1 could not start its container (CreateContainerConfigError: secret "db" not found)')
 
 
+KUBELET_EVICTIONS = {  # the kubelet's own messages (pkg/kubelet/eviction), trailing space included
+    "Pod ephemeral local storage usage exceeds the total limit of containers 64Mi. ": "than its `disk` limit allows",
+    'Container base exceeded its local ephemeral storage limit "64Mi". ': "than its `disk` limit allows",
+    'Usage of EmptyDir volume "scratch" exceeds the limit "1Gi". ': "emptyDir volume went over its sizeLimit",
+    "The node was low on resource: ephemeral-storage. Container base was using 5Gi, which exceeds its request of 0. ":
+        "its node ran short of local disk (ephemeral-storage): declare `disk`",
+    "The node was low on resource: memory. Container base was using 3Gi, which exceeds its request of 1Gi. ":
+        "its node ran short of memory",
+}
+
+
+@pytest.mark.parametrize("message", KUBELET_EVICTIONS)
+def test_evictions_quote_the_kubelet_and_name_disk_when_it_was_the_cause(message):
+    from kubernetes.client import models as k8s
+
+    killed = k8s.V1ContainerStateTerminated(exit_code=137, reason="Error")  # as an eviction leaves it
+    text = _explain(_pod("Failed", reason="Evicted", message=message, terminated=killed))
+    assert text.startswith(f"evicted: pod fit-1 was evicted by its node: {message.strip()}"), text
+    assert KUBELET_EVICTIONS[message] in text and "out of memory" not in text
+    assert ("`disk`" in text) == ("ephemeral" in message)
+
+
+def test_a_failed_init_container_or_sidecar_is_named():
+    from kubernetes.client import models as k8s
+
+    done = k8s.V1ContainerStateTerminated(exit_code=0, reason="Completed")
+    failed = k8s.V1ContainerStateTerminated(exit_code=3, reason="Error")
+    initializing = k8s.V1ContainerStateWaiting(reason="PodInitializing")
+    text = _explain(_pod("Failed", waiting=initializing, inits=[("prepare", done), ("fetch", failed)]))
+    assert text.startswith("init container fetch of pod fit-1 failed: exit code 3 (Error), so the pod's containers "
+                           "never started (Init:Error)"), text
+    oom = k8s.V1ContainerStateTerminated(exit_code=137, reason="OOMKilled")
+    assert "init container fetch of pod fit-1 failed: exit code 137 (out of memory)" in _explain(
+        _pod("Failed", waiting=initializing, inits=[("fetch", oom)]))
+    text = _explain(_pod("Failed", terminated=done, others=[("proxy", failed)]))
+    assert text == "container proxy of pod fit-1 failed: exit code 3 (Error)", text
+    text = _explain(_pod("Failed", terminated=done, others=[("proxy", oom)]))
+    assert text.startswith("out of memory: container proxy of pod fit-1 was killed") and "pod template" in text
+
+
 def test_startup_failures_quote_the_cluster():
     from kubernetes.client import models as k8s
 
@@ -430,3 +477,68 @@ def test_a_pod_reaches_the_store_through_its_service_accounts_role(dags, docker_
     result = Client(moto_s3).run("infra_kube_irsa", run.run_id)["total"].result
     assert result == {"total": 6, "role": "arn:aws:iam::123456789012:role/airflow-infra-s3-runner", "keys_given": []}
     assert pods_gone("total")
+
+
+POD_TEMPLATES = {  # the target's pod template (a platform team's), each with one more container
+    "init": "  initContainers:\n  - {name: fetch-weights, image: airflow-infra/base:bookworm, "
+            "command: [sh, -c, 'echo fetching weights; exit 3']}\n",
+    "sidecar": "  - {name: proxy, image: airflow-infra/base:bookworm, command: [sh, -c, 'echo proxy up; sleep 2; echo proxy done']}\n",
+}
+
+
+def pod_template_targets(tmp_path, deferrable: bool) -> str:
+    """Targets whose pods come from a template with an init container (that fails) or a sidecar."""
+    lines = ""
+    for name, extra in POD_TEMPLATES.items():
+        template = tmp_path / f"{name}.yaml"
+        containers = "  containers:\n  - {name: base, image: placeholder}\n"
+        template.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: template}\nspec:\n"
+                            + (extra + containers if name == "init" else containers + extra))
+        lines += (f"  k8s-{name}: {{kind: kubernetes, namespace: ml, pass_credentials: true, startup_timeout: 60, "
+                  f"deferrable: {str(deferrable).lower()}, pod_template_file: '{template}'}}\n")
+    return lines
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("deferrable", [False, True], ids=["blocking", "deferrable"])
+def test_evictions_init_containers_and_sidecars_as_a_kubelet_ends_them(dags, docker_yaml, moto_s3, fake_kube, tmp_path, deferrable):
+    """One DAG, three pods: local disk over `disk` (the kubelet evicts it; exit 137 that is not
+    out of memory), a failing init container from the pod template (named, with its exit code),
+    and a sidecar from the pod template that runs beside the call (the task succeeds)."""
+    write_kube_yaml(docker_yaml, moto_s3, deferrable=deferrable, extra=pod_template_targets(tmp_path, deferrable))
+    run = dags.test("infra_kube_containers")
+    out = run.output
+    assert not run.succeeded
+    assert re.search(r"task 'fills_disk': evicted: pod fills-disk-\S+ was evicted by its node: Pod ephemeral local "
+                     r"storage usage exceeds the total limit of containers 64Mi\.; it wrote more to its local disk "
+                     r"\(ephemeral-storage\) than its `disk` limit allows", out), out[-6000:]
+    assert re.search(r"task 'after_init': init container fetch-weights of pod after-init-\S+ failed: exit code 3 "
+                     r"\(Error\)", out), out[-6000:]
+    assert Client(moto_s3).run("infra_kube_containers", run.run_id)["beside_sidecar"].result == 7
+    assert "out of memory" not in out
+    assert pods_gone("fills-disk") and pods_gone("after-init") and pods_gone("beside-sidecar")
+
+
+@pytest.mark.integration
+def test_a_pod_deleted_while_its_containers_are_created_leaves_none_running(fake_kube, docker_infra):
+    """Against the double alone (no Airflow): delete pods at moments around their containers'
+    creation; none of their containers may run on, as on a cluster."""
+    import docker
+
+    pods = f"{FAKE_API}/api/v1/namespaces/ml/pods"
+    image = "airflow-infra/base:bookworm"
+    names = []
+    for delay in (0.9, 1.2):
+        name = f"deleted-early-{int(delay * 10)}"
+        spec = {"containers": [{"name": n, "image": image, "command": ["sleep", "30"]} for n in ("base", "sidecar")],
+                "securityContext": {"runAsUser": 1000}}
+        assert requests.post(pods, json={"metadata": {"name": name}, "spec": spec}, timeout=5).status_code == 201
+        while not requests.get(f"{pods}/{name}", timeout=5).json()["status"].get("containerStatuses"):
+            time.sleep(0.05)  # scheduled: the containers are created about a second later
+        time.sleep(delay)
+        requests.delete(f"{pods}/{name}", json={"gracePeriodSeconds": 1}, timeout=5)
+        names.append(name)
+    assert all(pods_gone(name, within=15) for name in names)
+    time.sleep(1)
+    running = docker.from_env().containers.list(filters={"label": "airflow-infra.fake-kube"})
+    assert not [c.name for c in running if c.labels["airflow-infra.fake-kube"] in {f"ml/{n}" for n in names}]

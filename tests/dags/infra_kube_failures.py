@@ -147,3 +147,35 @@ def infra_kube_irsa():
 
 
 infra_kube_irsa()
+
+
+@dag(schedule=None, catchup=False, tags=["airflow-infra-tests"])
+def infra_kube_containers():
+    """Pods that end by the kubelet's rules for more than one container, or for local disk:
+    an eviction over `disk` (ephemeral-storage), an init container from the target's pod
+    template that fails, a sidecar from a pod template that runs beside the call."""
+
+    @infra_task(target="k8s", disk="64Mi")
+    def fills_disk() -> None:
+        import time
+
+        with open("/tmp/filler", "wb") as sink:  # the container's writable layer: local disk
+            for _ in range(160):
+                sink.write(b"\0" * (1 << 20))
+        print("wrote 160Mi to local disk", flush=True)
+        time.sleep(60)  # evicted before this ends
+
+    @infra_task(target="k8s-init")
+    def after_init() -> None:
+        print("never runs")
+
+    @infra_task(target="k8s-sidecar")
+    def beside_sidecar() -> int:
+        return 7
+
+    fills_disk()
+    after_init()
+    beside_sidecar()
+
+
+infra_kube_containers()

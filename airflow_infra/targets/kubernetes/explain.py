@@ -20,6 +20,30 @@ def _containers(status: Any) -> list[Any]:
     return [*(getattr(status, "init_container_statuses", None) or []), *(getattr(status, "container_statuses", None) or [])]
 
 
+def _eviction_advice(message: str) -> str:
+    """What to change, by the kubelet's words for why it evicted (pkg/kubelet/eviction)."""
+    if "exceeds the total limit of containers" in message or "exceeded its local ephemeral storage limit" in message:
+        return ("; it wrote more to its local disk (ephemeral-storage) than its `disk` limit allows: "
+                "raise `disk` or write less to the local disk")
+    if "EmptyDir volume" in message:
+        return "; an emptyDir volume went over its sizeLimit: raise it in the target's pod template or write less there"
+    if "low on resource: ephemeral-storage" in message:
+        return ("; its node ran short of local disk (ephemeral-storage): declare `disk` so the pod is "
+                "scheduled where that much is free")
+    if "low on resource: memory" in message:
+        return "; its node ran short of memory: declare `memory` (or a larger one) so the pod is scheduled where that much is free"
+    return ""
+
+
+def _failed_init(status: Any) -> Any:
+    """The init container that ended the pod (restartPolicy Never: the first to exit non-zero)."""
+    for container in getattr(status, "init_container_statuses", None) or []:
+        terminated = container.state.terminated if container.state else None
+        if terminated is not None and terminated.exit_code:
+            return container
+    return None
+
+
 def _latest_warning(events: tuple[Any, ...], *reasons: str) -> str | None:
     for event in reversed(events):
         if getattr(event, "type", None) == "Warning" and getattr(event, "reason", None) in reasons:
@@ -36,10 +60,8 @@ def explain_pod(
     status = getattr(pod, "status", None)
     meta = getattr(pod, "metadata", None)
     if status is not None and status.reason == "Evicted":
-        message = status.message or "no reason given"
-        disk = "ephemeral-storage" in message or "ephemeral local storage" in message  # the two ways kubelets say it
-        return (f"evicted: pod {name} was evicted by its node: {message}"
-                + ("; raise `disk` (its local disk limit) or write less to the local disk" if disk else ""))
+        message = (status.message or "no reason given").strip()
+        return f"evicted: pod {name} was evicted by its node: {message}{_eviction_advice(message)}"
     if status is not None and status.reason == "DeadlineExceeded":
         return (f"deadline exceeded: pod {name} ran longer than timeout={timeout or 0:g}s and was stopped; "
                 "raise `timeout` or make the task faster")
@@ -68,8 +90,17 @@ def explain_pod(
     if meta is not None and getattr(meta, "deletion_timestamp", None) is not None:
         return (f"pod {name} was deleted while it ran (by a person, a controller or node drain); "
                 "the call did not finish")
-    terminated = next((c.state.terminated for c in containers if c.state and c.state.terminated
-                       and c.state.terminated.exit_code), None)
+    init = _failed_init(status)
+    if init is not None:
+        ended = init.state.terminated
+        why = "out of memory" if ended.reason == "OOMKilled" else ended.message or ended.reason or "no reason given"
+        return (f"init container {init.name} of pod {name} failed: exit code {ended.exit_code} ({why}), so the pod's "
+                "containers never started (Init:Error); check the init containers of the target's pod template")
+    failed = next((c for c in containers if c.state and c.state.terminated and c.state.terminated.exit_code), None)
+    terminated = failed.state.terminated if failed is not None else None
+    which = f"container {failed.name} of pod {name}" if failed is not None and failed.name != "base" else f"pod {name}"
+    if terminated is not None and terminated.reason == "OOMKilled" and which != f"pod {name}":
+        return f"out of memory: {which} was killed (exit 137); raise its memory limit in the target's pod template"
     if terminated is not None and terminated.reason == "OOMKilled":
         if memory_limit is not None:
             return (f"out of memory: pod {name} hit its memory limit of {format_bytes(memory_limit)} "
@@ -79,7 +110,7 @@ def explain_pod(
     if terminated is not None:
         signal = f", signal {terminated.exit_code - 128}" if terminated.exit_code > 128 else ""
         why = terminated.message or terminated.reason or "no reason given"
-        return f"pod {name} failed: exit code {terminated.exit_code}{signal} ({why})"
+        return f"{which} failed: exit code {terminated.exit_code}{signal} ({why})"
     if "took too long" in error_text:
         last = waiting[0] if waiting else None
         state = f" (its container was still {last.reason}{': ' + last.message if last.message else ''})" if last else ""

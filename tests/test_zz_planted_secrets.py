@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HOME, PLANTED_CONN_SECRET, PLANTED_ENV_VALUE, PLANTED_WORKER_SECRET
+from tests.conftest import HOME, PLANTED_CONN_SECRET, PLANTED_ENV_VALUE, PLANTED_SEED_PASSWORD, PLANTED_WORKER_SECRET
 
 pytestmark = pytest.mark.integration
 REGISTRY = "http://127.0.0.1:5000"
 REGISTRY_BLOBS = Path(os.environ.get("REGISTRY_DIR", "/tmp/airflow-infra-registry")) / "data/docker/registry/v2/blobs/sha256"
-SECRETS = (PLANTED_WORKER_SECRET.encode(), PLANTED_ENV_VALUE.encode(), PLANTED_CONN_SECRET.encode())
+SECRETS = tuple(s.encode() for s in (PLANTED_WORKER_SECRET, PLANTED_ENV_VALUE, PLANTED_CONN_SECRET, PLANTED_SEED_PASSWORD))
 MANIFESTS = ", ".join(
     (
         "application/vnd.oci.image.manifest.v1+json",
@@ -75,6 +75,6 @@ def test_no_task_env_value_or_connection_value_in_the_artifact_store():
     leaks = []
     for file in files:
         with open(file, "rb") as stream:
-            if _contains(stream, (PLANTED_ENV_VALUE.encode(), PLANTED_CONN_SECRET.encode())):
+            if _contains(stream, (PLANTED_ENV_VALUE.encode(), PLANTED_CONN_SECRET.encode(), PLANTED_SEED_PASSWORD.encode())):
                 leaks.append(str(file))
     assert not leaks, leaks

@@ -16,12 +16,39 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.definitions.mappedoperator import OperatorPartial
 
 from airflow_infra.errors import InfraSpecError, where
 from airflow_infra.links import ImageLink, RecordedLinks
 from airflow_infra.pipeline.declaration import DECLARED_FIELDS, check_connections, declaration_from, validate_declaration
 from airflow_infra.spec import RESOURCE_FIELDS, Environment, Resources
 from airflow_infra.targets import builtin_links
+
+
+class _InfraPartial(OperatorPartial):
+    """InfraOperator.partial(...): `connections` cannot be mapped. Which credentials a task
+    gets is fixed in the DAG file (`.partial(connections=[...])`), never chosen per index."""
+
+    def expand(self, **mapped_kwargs: Any) -> Any:
+        if "connections" in mapped_kwargs:
+            self._refuse_mapped_connections(".expand(connections=...)")
+        return super().expand(**mapped_kwargs)
+
+    def expand_kwargs(self, kwargs: Any, *, strict: bool = True) -> Any:
+        # A literal list is checked now; a list an upstream task returns cannot be seen at
+        # parse time (README, "Connections in tasks").
+        if isinstance(kwargs, Sequence) and any(isinstance(item, Mapping) and "connections" in item for item in kwargs):
+            self._refuse_mapped_connections(".expand_kwargs([{'connections': ...}])")
+        return super().expand_kwargs(kwargs, strict=strict)
+
+    def _refuse_mapped_connections(self, how: str) -> None:
+        self._expand_called = True  # the error is the message, not a "never mapped" warning
+        dag = self.kwargs.get("dag")
+        raise InfraSpecError(
+            f"{where(getattr(dag, 'dag_id', None), self.kwargs.get('task_id'))}: connections: {how} is not "
+            "allowed: which credentials a task gets is fixed in the DAG file; declare them in "
+            ".partial(connections=[...])"
+        )
 
 
 class InfraOperator(BaseOperator):
@@ -142,7 +169,9 @@ class InfraOperator(BaseOperator):
         validate_declaration(declared, kwargs.get("target", "auto"), dag, task_id)
         check_connections(kwargs.get("connections"), getattr(dag, "dag_id", None), task_id)
         # BaseOperator.partial is a descriptor that refuses instances; its class method bound to this class.
-        return vars(BaseOperator)["partial"].class_method.__get__(cls, cls)(**kwargs, **declared)
+        partial = vars(BaseOperator)["partial"].class_method.__get__(cls, cls)(**kwargs, **declared)
+        partial._expand_called = True  # replaced by the copy below, which warns if never mapped
+        return _InfraPartial(operator_class=partial.operator_class, kwargs=partial.kwargs, params=partial.params)
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         # Upstream results are resolved here: keep artifact references as references (the

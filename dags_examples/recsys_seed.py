@@ -1,11 +1,16 @@
 """The seed scenario: load -> two model fits with conflicting numpy pins, in parallel -> ensemble.
 
-fit_a runs with numpy 1.x and fit_b with numpy 2.x, each in its own environment; the
-results meet in `ensemble`, which declares nothing and runs in the default environment.
-fit_b asks for a GPU, so routing rules can send it to a GPU target.
+`load` reads its input, a CSV on S3, through the Airflow connection `recsys_data` it
+declares: an `aws` connection kept in Airflow (its secrets backend, the database or an
+`AIRFLOW_CONN_RECSYS_DATA` variable), handed to the task where it runs and never written
+into the DAG, an image or the store. fit_a runs with numpy 1.x and fit_b with numpy 2.x,
+each in its own environment; the results meet in `ensemble`, which declares nothing and
+runs in the default environment. fit_b asks for a GPU, so routing rules can send it to a
+GPU target.
 
-    airflow dags test recsys_seed
+    bash dev/demo.sh          # moto's S3 as the data's home: dev/seed_data.py writes the CSV
     airflow dags test recsys_seed -c '{"lr": 0.05}'
+    airflow dags test recsys_seed -c '{"data": "s3://my-bucket/rows.csv"}'
 """
 
 from __future__ import annotations
@@ -14,29 +19,30 @@ from airflow.sdk import Param, dag
 
 from airflow_infra import infra_task
 
-N_ROWS = 200
+DATA = "s3://airflow-infra-examples/recsys/rows.csv"  # dev/seed_data.py writes it
 
 
-def make_rows(n: int, seed: int) -> dict[str, list[float]]:
-    """A small synthetic data set: y = 3*x1 - 2*x2 + 1 + noise (a helper the task ships with it)."""
-    import random
-
-    rnd = random.Random(seed)
-    x1 = [rnd.uniform(-1, 1) for _ in range(n)]
-    x2 = [rnd.uniform(-1, 1) for _ in range(n)]
-    y = [3 * a - 2 * b + 1 + rnd.gauss(0, 0.05) for a, b in zip(x1, x2)]
-    return {"x1": x1, "x2": x2, "y": y}
-
-
-@dag(schedule=None, catchup=False, tags=["airflow-infra", "example"], params={"lr": Param(0.1, type="number")})
+@dag(
+    schedule=None,
+    catchup=False,
+    tags=["airflow-infra", "example"],
+    params={"lr": Param(0.1, type="number"), "data": Param(DATA, type="string", pattern=r"^s3://[^/]+/.+")},
+)
 def recsys_seed():
-    @infra_task(packages=["pandas>=2.2,<3"])
-    def load() -> dict:
+    # boto3 takes the credentials, region and endpoint from the AWS_* variables the declared
+    # aws connection sets in the task's process (and nowhere else).
+    @infra_task(packages=["pandas>=2.2,<3", "boto3"], connections=["recsys_data"])
+    def load(data: str) -> dict:
+        import io
+
+        import boto3
         import pandas as pd
 
-        frame = pd.DataFrame(make_rows(N_ROWS, seed=7))
-        print(f"loaded {len(frame)} rows with pandas {pd.__version__}")
-        return {"columns": frame.to_dict(orient="list"), "pandas": pd.__version__}
+        bucket, _, key = data.removeprefix("s3://").partition("/")
+        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        frame = pd.read_csv(io.BytesIO(body))
+        print(f"loaded {len(frame)} rows from {data} with pandas {pd.__version__}")
+        return {"columns": frame.to_dict(orient="list"), "pandas": pd.__version__, "source": data}
 
     @infra_task(packages=["numpy<2"], cpu=1, memory="512Mi")
     def fit_a(data: dict, lr: float) -> dict:
@@ -69,7 +75,7 @@ def recsys_seed():
         print(f"ensemble of numpy {a['numpy']} and numpy {b['numpy']}: {coef}")
         return {"coef": coef, "numpy_versions": [a["numpy"], b["numpy"]], "lr": [a["lr"], b["lr"]]}
 
-    data = load()
+    data = load("{{ params.data }}")
     ensemble(fit_a(data, lr="{{ params.lr }}"), fit_b(data, lr="{{ params.lr }}"))
 
 

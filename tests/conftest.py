@@ -43,6 +43,7 @@ os.environ["AIRFLOW_VAR_PLANTED_API_TOKEN"] = PLANTED_ENV_VALUE  # an Airflow va
 # And an Airflow connection's password, which tests/dags/infra_connections.py declares: it is
 # delivered to calls, and must be in no layer and no file of the store either.
 PLANTED_CONN_SECRET = f"planted-conn-{os.urandom(6).hex()}"
+PLANTED_SEED_PASSWORD = f"planted-seed-{os.urandom(6).hex()}"  # the seed example's aws connection (moto takes any)
 os.environ["AIRFLOW_CONN_PLANTED_SESSION_DB"] = json.dumps(
     {"conn_type": "postgres", "host": "db.internal", "login": "session", "password": PLANTED_CONN_SECRET}
 )
@@ -112,6 +113,18 @@ def moto_s3() -> str:
         "s3", region_name="us-east-1", endpoint_url=MOTO, aws_access_key_id="testing", aws_secret_access_key="testing"
     ).create_bucket(Bucket=bucket)
     return f"s3://aws_default@{bucket}/artifacts"
+
+
+@pytest.fixture(scope="session")
+def seed_data(moto_s3) -> str:
+    """The seed example's input on moto's S3 (dev/seed_data.py, as `bash dev/demo.sh` writes it),
+    and its `recsys_data` connection, for this process and the runs it starts. Its secret key
+    is planted: tests/test_zz_planted_secrets.py finds it in no image layer or stored file."""
+    conn = {"conn_type": "aws", "login": "testing", "password": PLANTED_SEED_PASSWORD,
+            "extra": {"region_name": "us-east-1", "endpoint_url": MOTO}}
+    os.environ["AIRFLOW_CONN_RECSYS_DATA"] = json.dumps(conn)
+    subprocess.run([sys.executable, str(REPO / "dev" / "seed_data.py")], check=True, timeout=120)
+    return "s3://airflow-infra-examples/recsys/rows.csv"
 
 
 @pytest.fixture(scope="session")

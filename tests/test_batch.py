@@ -38,7 +38,7 @@ def job_definitions() -> list[dict]:
     return [d for d in batch.describe_job_definitions(status="ACTIVE")["jobDefinitions"] if d["jobDefinitionName"].startswith("airflow-infra-gpu")]
 
 
-def test_seed_scenario_mixes_local_and_batch(dags, batch_yaml):
+def test_seed_scenario_mixes_local_and_batch(dags, batch_yaml, seed_data):
     run = dags.test("recsys_seed", conf={"lr": 0.2})
     assert run.succeeded, run.output[-5000:]
     stored = Client(batch_yaml).run("recsys_seed", run.run_id)

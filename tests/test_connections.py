@@ -98,6 +98,16 @@ def test_connections_are_declared_on_the_decorator_the_operator_and_the_mapped_f
                     fit.override(task_id="mapped_e", connections=["bad id"]).expand(x=[1])
                 else:
                     InfraOperator.partial(task_id="mapped_p", python_callable=len, connections="db").expand(op_args=[[1]])
+        # Mapping over connections would let data choose credentials: refused at parse time.
+        mapped = InfraOperator.partial(task_id="mapped_ok", python_callable=len, connections=["db"]).expand(op_args=[[1], [2]])
+        assert mapped.partial_kwargs["connections"] == ["db"]
+        for mapping in (
+            lambda p: p.expand(connections=[["db"], ["other"]]),
+            lambda p: p.expand_kwargs([{"connections": ["db"]}]),
+        ):
+            partial = InfraOperator.partial(task_id="mapped_c", python_callable=len)
+            with pytest.raises(InfraSpecError, match=r"DAG 'conns_dag', task 'mapped_c': connections: \.expand.*fixed in the DAG file"):
+                mapping(partial)
 
 
 def test_a_target_that_cannot_deliver_connections_refuses_the_call_before_anything_runs():

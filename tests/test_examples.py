@@ -6,20 +6,35 @@ from collections import Counter
 
 import pytest
 
+from tests.conftest import PLANTED_SEED_PASSWORD
 from tests.dagrun import BIGMEM_RULES
 
 pytestmark = pytest.mark.integration
 
 
-def test_seed_scenario_conflicting_numpy_pins(dags):
+def test_seed_scenario_conflicting_numpy_pins(dags, seed_data):
     run = dags.test("recsys_seed", conf={"lr": 0.2})
     assert run.succeeded, run.output[-4000:]
+    # The input came from S3 through the declared `recsys_data` connection, whose secret
+    # key is in no line the run printed (task logs included) and not in call.json.
+    assert run.result("load")["source"] == seed_data and len(run.result("load")["columns"]["y"]) == 200
+    assert f"loaded 200 rows from {seed_data}" in run.output
+    assert run.call("load")["connections"] == ["recsys_data"]
+    assert PLANTED_SEED_PASSWORD not in run.output and PLANTED_SEED_PASSWORD not in str(run.call("load"))
     result = run.result("ensemble")
     majors = sorted(v.split(".")[0] for v in result["numpy_versions"])
     assert majors == ["1", "2"], result
     assert result["lr"] == [0.2, 0.2]  # the param arrives as a float, not the string '0.2'
     assert [round(c) for c in result["coef"]] == [3, -2, 1]
     assert run.call("fit_a")["resources"]["memory"] == 512 * 2**20
+
+
+
+def test_seed_scenario_without_its_connection_fails_before_running_load(dags, seed_data, monkeypatch):
+    monkeypatch.delenv("AIRFLOW_CONN_RECSYS_DATA")
+    run = dags.test("recsys_seed", conf={"lr": 0.2})
+    assert not run.succeeded
+    assert "DAG 'recsys_seed', task 'load': connections: no Airflow connection 'recsys_data'" in run.output
 
 
 def test_params_drive_argument_and_resource(dags, infra_yaml):

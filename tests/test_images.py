@@ -105,7 +105,7 @@ def test_docker_target_limits_and_clean_image(dags, docker_yaml):
 
 
 @pytest.mark.parametrize(("dag_id", "conf"), [("recsys_seed", {"lr": 0.2}), ("fanout_example", {"n_shards": 3}), ("params_example", None)])
-def test_examples_on_the_docker_target(dags, docker_yaml, dag_id, conf):
+def test_examples_on_the_docker_target(dags, docker_yaml, dag_id, conf, seed_data):
     docker_yaml()
     run = dags.test(dag_id, conf=conf, env={"AIRFLOW_INFRA_TARGET": "docker"})
     assert run.succeeded, run.output[-4000:]

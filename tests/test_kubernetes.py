@@ -171,7 +171,7 @@ def pods_gone(prefix: str, within: float = 45) -> bool:
 
 
 @pytest.mark.integration
-def test_seed_scenario_runs_pods_through_the_pod_operator(dags, docker_yaml, moto_s3, fake_kube):
+def test_seed_scenario_runs_pods_through_the_pod_operator(dags, docker_yaml, moto_s3, fake_kube, seed_data):
     registry = write_kube_yaml(docker_yaml, moto_s3)
     run = dags.test("recsys_seed", conf={"lr": 0.2})
     assert run.succeeded, run.output[-5000:]

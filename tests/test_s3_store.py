@@ -19,7 +19,7 @@ def test_local_target_with_artifacts_on_s3(dags, infra_yaml, moto_s3):
     assert stored["count_words"].map_indexes == [0, 1]
 
 
-def test_docker_target_with_artifacts_on_s3(dags, docker_yaml, moto_s3):
+def test_docker_target_with_artifacts_on_s3(dags, docker_yaml, moto_s3, seed_data):
     docker_yaml(f"artifacts: {moto_s3}\n")
     run = dags.test("recsys_seed", env={"AIRFLOW_INFRA_TARGET": "docker"})
     assert run.succeeded, run.output[-4000:]

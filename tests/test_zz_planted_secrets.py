@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import HOME, PLANTED_CONN_SECRET, PLANTED_ENV_VALUE, PLANTED_WORKER_SECRET
+from tests.conftest import HOME, MOTO, PLANTED_CONN_SECRET, PLANTED_ENV_VALUE, PLANTED_SEED_PASSWORD, PLANTED_WORKER_SECRET
 
 pytestmark = pytest.mark.integration
 REGISTRY = "http://127.0.0.1:5000"
 REGISTRY_BLOBS = Path(os.environ.get("REGISTRY_DIR", "/tmp/airflow-infra-registry")) / "data/docker/registry/v2/blobs/sha256"
-SECRETS = (PLANTED_WORKER_SECRET.encode(), PLANTED_ENV_VALUE.encode(), PLANTED_CONN_SECRET.encode())
+SECRETS = tuple(s.encode() for s in (PLANTED_WORKER_SECRET, PLANTED_ENV_VALUE, PLANTED_CONN_SECRET, PLANTED_SEED_PASSWORD))
 MANIFESTS = ", ".join(
     (
         "application/vnd.oci.image.manifest.v1+json",
@@ -75,6 +75,48 @@ def test_no_task_env_value_or_connection_value_in_the_artifact_store():
     leaks = []
     for file in files:
         with open(file, "rb") as stream:
-            if _contains(stream, (PLANTED_ENV_VALUE.encode(), PLANTED_CONN_SECRET.encode())):
+            if _contains(stream, (PLANTED_ENV_VALUE.encode(), PLANTED_CONN_SECRET.encode(), PLANTED_SEED_PASSWORD.encode())):
                 leaks.append(str(file))
     assert not leaks, leaks
+
+
+def _stores() -> list[str]:
+    """Every artifact store this session wrote: the local ones under its home, and its
+    moto bucket (tests/conftest.py's moto_s3) when it made one."""
+    stores = [str(store) for store in HOME.rglob("artifacts") if store.is_dir()]
+    bucket = f"airflow-infra-tests-{os.getpid()}"
+    try:
+        import boto3
+
+        s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=MOTO, aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.head_bucket(Bucket=bucket)
+    except Exception:  # no moto, or no bucket made this session
+        return stores
+    return [*stores, f"s3://aws_default@{bucket}/artifacts"]
+
+
+def test_no_connection_or_env_value_in_the_s3_store_or_the_plugin_api(monkeypatch):
+    """What the plugin's runs API answers for every run the session stored (S3 included), and
+    every object in the session's bucket, hold none of the planted values."""
+    from airflow_infra import client
+    from airflow_infra.plugin import report
+
+    planted = (PLANTED_ENV_VALUE, PLANTED_CONN_SECRET, PLANTED_SEED_PASSWORD)
+    answers, objects = 0, 0
+    for url in _stores():
+        store_client = client.Client(url)
+        monkeypatch.setattr(client, "Client", lambda url=url, real=client.Client: real(url))
+        for dag_id in store_client.dags():
+            answer = json.dumps(report.runs(dag_id, limit=1000), default=str)
+            answers += 1
+            assert not [value for value in planted if value in answer], (url, dag_id)
+        monkeypatch.undo()
+        if url.startswith("s3://"):
+            root = store_client.store.root
+            for path in root.rglob("*"):
+                if path.is_file():
+                    objects += 1
+                    data = path.read_bytes()
+                    assert not [value for value in planted if value.encode() in data], str(path)
+    if not answers:
+        pytest.skip("no call stored in this session")

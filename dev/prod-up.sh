@@ -125,7 +125,8 @@ umask 022
 set -a
 source "$dir/airflow.env"
 set +a
-printf 'artifacts: s3://aws_default@airflow-infra-prod/artifacts\n' >"$AIRFLOW_HOME/infra.yaml"
+# A platform's own infra.yaml, when one is there already, is kept.
+[ -e "$AIRFLOW_HOME/infra.yaml" ] || printf 'artifacts: s3://aws_default@airflow-infra-prod/artifacts\n' >"$AIRFLOW_HOME/infra.yaml"
 .venv/bin/python - "$moto" <<'PY'
 import sys, boto3
 s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=sys.argv[1], aws_access_key_id="testing", aws_secret_access_key="testing")

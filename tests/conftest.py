@@ -187,6 +187,24 @@ def fake_kube(docker_infra) -> str:
 
 
 @pytest.fixture(scope="session")
+def production_airflow(moto_s3, fake_kube, seed_data, docker_infra):
+    """One production-shaped Airflow for the session (tests/production.py, dev/prod-up.sh):
+    the examples and infra_scheduler_kube as its DAGs, the plugin tests' routing, artifacts
+    on this session's moto bucket, `kubernetes_default` at the fake Kubernetes API."""
+    from tests import production
+
+    dags = [*(REPO / "dags_examples").glob("*.py"), REPO / "tests" / "dags" / "infra_scheduler_kube.py"]
+    yaml = production.deployment_yaml(f"127.0.0.1:5000/plugin-test{os.getpid()}", moto_s3)
+    env = {name: os.environ[name] for name in ("AIRFLOW_CONN_KUBERNETES_DEFAULT",)}
+    deployment = production.start(dags, yaml, env)
+    try:
+        deployment.wait_for_dags(["params_example", "infra_scheduler_kube", "fanout_example", "recsys_seed"])
+        yield deployment
+    finally:
+        production.stop(deployment.env)
+
+
+@pytest.fixture(scope="session")
 def fake_kind() -> Path:
     """The test-only target kind of tests/fake_kind, installed into a folder of its own (as a
     third-party package would be) and put on sys.path; returns that folder for PYTHONPATH."""

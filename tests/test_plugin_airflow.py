@@ -1,36 +1,30 @@
-"""A real `airflow standalone` (scheduler, dag-processor, triggerer, api-server) with this
-provider and its plugin installed, on 127.0.0.1 only:
+"""The provider and its plugin in a production-shaped Airflow (tests/production.py,
+dev/prod-up.sh: CeleryExecutor with two workers, PostgreSQL, Redis, and the scheduler,
+dag-processor, triggerer and api-server as separate processes, all on 127.0.0.1):
 
-- a DAG triggered through the REST API with a conf, run by the scheduler, its result read
-  back through the REST API (XCom entries);
+- a DAG triggered through the REST API with a conf, run by the scheduler on a Celery worker,
+  its result read back through the REST API (XCom entries);
 - a kubernetes task in deferrable mode (the fake Kubernetes API, a test double; artifacts on
   moto's S3) waiting in the real triggerer, and its extra links (pod, image) through the API;
 - the plugin loaded (`GET /api/v2/plugins`), its API refused without credentials, its plans
   (routing rules, image existence asked of a real registry) and its runs (measured vs requested);
 - the plugin page in a real headless Chromium (Debian's), signed in through Airflow's form.
 
-One standalone serves the whole module. It runs in its own process group (setsid), which is
-killed afterwards whatever happened. Screenshots and timings go to tests/artifacts/ (or
+One deployment serves the session (tests/conftest.py's `production_airflow`); tests/
+test_production.py uses it too. Screenshots and timings go to tests/artifacts/ (or
 $AIRFLOW_INFRA_TEST_ARTIFACTS).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote
 
-import httpx
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
@@ -39,183 +33,27 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.dagrun import REPO
-from tests.test_plugin import routing_yaml
+from tests.production import ARTIFACTS, Deployment, record
 
 pytestmark = pytest.mark.integration
 
-ARTIFACTS = Path(os.environ.get("AIRFLOW_INFRA_TEST_ARTIFACTS") or REPO / "tests" / "artifacts")
-STARTUP_TIMEOUT = 240.0
-RUN_TIMEOUT = 180.0
-
-
-def record(line: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with open(ARTIFACTS / "timings.txt", "a") as out:
-        out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
-    print(line, file=sys.stderr)
-
-
-def free_port(preferred: int = 0) -> int:
-    """`preferred` when it is free, else any free port."""
-    with socket.socket() as sock:
-        try:
-            sock.bind(("", preferred))
-        except OSError:
-            sock.bind(("", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Airflow:
-    url: str
-    home: Path
-    log: Path
-    password: str = ""
-    token: str = ""
-
-    def client(self, token: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60, trust_env=False)
-
-    def get(self, path: str, **kwargs) -> httpx.Response:
-        with self.client(self.token) as client:
-            return client.get(path, **kwargs)
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _try_ready(server: Airflow) -> bool:
-    """Healthy, signed in, and the example DAG parsed."""
-    passwords = server.home / "simple_auth_manager_passwords.json.generated"
-    with server.client() as client:
-        health = client.get("/api/v2/monitor/health").json()
-        if any(part.get("status") != "healthy" for part in health.values()) or not passwords.exists():
-            return False
-        server.password = json.loads(passwords.read_text())["admin"]
-        answer = client.post("/auth/token", json={"username": "admin", "password": server.password})
-        answer.raise_for_status()
-        server.token = answer.json()["access_token"]
-    return server.get("/api/v2/dags/params_example").status_code == 200
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left of it (standalone leaves children)."""
-    for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            proc.poll()  # reap the leader, or the group never looks empty
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-    proc.wait(timeout=10)
-
-
-def standalone_yaml(registry: str, artifacts: str) -> str:
-    """The plugin tests' routing, plus a deferrable kubernetes target (the fake Kubernetes API,
-    a test double) with the artifact store on moto's S3, where the pod can reach it."""
-    certs = [os.environ["SSL_CERT_FILE"]] if os.environ.get("SSL_CERT_FILE") else []
-    k8s = (
-        "  k8s: {kind: kubernetes, namespace: ml, pass_credentials: true, deferrable: true, "
-        "dashboard_url: 'https://dashboard.test/#/pod/{namespace}/{name}'}\n"
-    )
-    return routing_yaml(registry).replace("targets:\n", "targets:\n" + k8s) + f"artifacts: {artifacts}\nca_certificates: {certs}\n"
 
 
 @pytest.fixture(scope="module")
-def airflow_server(tmp_path_factory, moto_s3, fake_kube) -> Iterator[Airflow]:
-    subprocess.run(["bash", str(REPO / "dev" / "start-registry.sh")], check=True, timeout=300)
-    home = tmp_path_factory.mktemp("standalone")
-    dags = home / "dags"
-    dags.mkdir()
-    for source in [*(REPO / "dags_examples").glob("*.py"), REPO / "tests" / "dags" / "infra_scheduler_kube.py"]:
-        shutil.copy(source, dags)
-    (home / "infra.yaml").write_text(standalone_yaml(f"127.0.0.1:5000/plugin-test{os.getpid()}", moto_s3))
-    port = free_port(28080)
-    url = f"http://127.0.0.1:{port}"
-    # Only this home's settings: nothing from the session's own AIRFLOW__ environment.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "AIRFLOW_INFRA_"))}
-    env.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
-            # The scheduler's and triggerer's log servers: ports of their own, beside any other Airflow.
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            # The artifact store (moto's S3) and the fake Kubernetes API, from their fixtures.
-            "AIRFLOW_CONN_AWS_DEFAULT": os.environ["AIRFLOW_CONN_AWS_DEFAULT"],
-            "AIRFLOW_CONN_KUBERNETES_DEFAULT": os.environ["AIRFLOW_CONN_KUBERNETES_DEFAULT"],
-        }
-    )
-    server = Airflow(url, home, home / "standalone.log")
-    started = time.monotonic()
-    with open(server.log, "wb") as log:
-        proc = subprocess.Popen(
-            ["airflow", "standalone"], cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        while not _ready(server, proc, started):
-            time.sleep(0.5)
-        record(f"airflow standalone ready (healthy, signed in, DAGs parsed) in {time.monotonic() - started:.1f}s")
-        yield server
-    finally:
-        _stop(proc)
-        if os.environ.get("AIRFLOW_INFRA_KEEP_TEST_HOME"):
-            print(f"standalone home kept: {home}", file=sys.stderr)
-        else:
-            shutil.rmtree(home, ignore_errors=True)
-
-
-def _ready(server: Airflow, proc: subprocess.Popen, started: float) -> bool:
-    if proc.poll() is not None:
-        pytest.fail(f"airflow standalone exited with {proc.returncode}:\n{server.log_tail()}")
-    if time.monotonic() - started > STARTUP_TIMEOUT:
-        pytest.fail(f"airflow standalone not ready after {STARTUP_TIMEOUT:g}s:\n{server.log_tail()}")
-    try:
-        return _try_ready(server)
-    except (httpx.HTTPError, ValueError):
-        return False
+def airflow_server(production_airflow) -> Deployment:
+    return production_airflow
 
 
 # -- the scheduler, end to end -----------------------------------------------------------------
 
 
-def trigger_and_wait(server: Airflow, dag_id: str, conf: dict, seen: set[str] | None = None) -> str:
-    """Trigger a run, wait for it to end; `seen` collects every task state observed meanwhile."""
-    with server.client(server.token) as client:
-        # No logical date (null, as Airflow 3 allows): the example's `train` then gets None for it.
-        answer = client.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
-        assert answer.status_code == 200, answer.text
-        run_id = answer.json()["dag_run_id"]
-        run_path = f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}"
-        deadline = time.monotonic() + RUN_TIMEOUT
-        state = None
-        while time.monotonic() < deadline:
-            state = client.get(run_path).json()["state"]
-            if seen is not None:
-                seen.update(ti["state"] for ti in client.get(f"{run_path}/taskInstances").json()["task_instances"])
-            if state in ("success", "failed"):
-                break
-            time.sleep(0.5)
-        if state != "success":
-            tis = client.get(f"{run_path}/taskInstances").json()["task_instances"]
-            states = {ti["task_id"]: ti["state"] for ti in tis}
-            pytest.fail(f"run {run_id} ended {state}; tasks {states}\n{server.log_tail()}")
+def trigger_and_wait(server: Deployment, dag_id: str, conf: dict, seen: set[str] | None = None) -> str:
+    """Trigger a run through the REST API and wait for it to succeed; `seen` collects every
+    task state observed meanwhile."""
+    run_id = server.trigger(dag_id, conf)
+    states = server.wait(dag_id, run_id, seen)
+    if states["run"] != "success":
+        pytest.fail(f"run {run_id} ended {states}\n{server.log_tail()}")
     return run_id
 
 
@@ -323,7 +161,7 @@ def browser() -> Iterator:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _sign_in(driver, server: Airflow) -> None:
+def _sign_in(driver, server: Deployment) -> None:
     driver.get(f"{server.url}/auth/login")
     wait = WebDriverWait(driver, 60)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[name=username]"))
@@ -371,7 +209,7 @@ def test_plugin_page_in_the_airflow_ui(airflow_server, browser):
             raise
 
 
-def _check_plugin_page(airflow_server: Airflow, browser) -> None:
+def _check_plugin_page(airflow_server: Deployment, browser) -> None:
     _sign_in(browser, airflow_server)
 
     # The nav entry, found as a user would: Browse -> Infra plans.

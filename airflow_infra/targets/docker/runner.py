@@ -198,7 +198,10 @@ class DockerRunner(Runner):
                 for line in lines.flush():
                     log_line(call.log, line)
             container.reload()
-            handle.details["oom"] = bool(container.attrs["State"].get("OOMKilled", False))
+            if container.attrs["State"].get("OOMKilled", False):
+                handle.details.update(oom=True, oom_evidence="the Docker engine reports State.OOMKilled")
+            else:
+                handle.details["oom"] = False
         except BaseException:
             # Airflow's execution_timeout or a signal unwinding the task: the container must not outlive it.
             self._stop(handle)

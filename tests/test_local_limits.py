@@ -20,6 +20,7 @@ from airflow_infra.pipeline.execute import Execution
 from airflow_infra.pipeline.package import package_call, write_meta
 from airflow_infra.pipeline.plan import plan_call
 from airflow_infra.targets.local import cgroups
+from tests.test_local_server import gone
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +51,7 @@ def task_log():
     LOG.removeHandler(handler)
 
 
-def run_local(tmp_path: Path, fn, declared: dict, local: dict | None = None):
-    """Run `fn` on the local target with these declared resources; its result, or InfraTaskFailed."""
+def local_execution(tmp_path: Path, fn, declared: dict, local: dict | None = None) -> tuple[Execution, dict]:
     cfg = InfraConfig.model_validate({"targets": {"local": {"kind": "local", **(local or {})}}})
     store = ArtifactStore(f"file://{tmp_path}/store")
     plan = plan_call(declared, "local", cfg, dag_id="d", task_id="t", dag_file=None)
@@ -60,7 +60,13 @@ def run_local(tmp_path: Path, fn, declared: dict, local: dict | None = None):
         multiple_outputs=False, dag_file=None, log=LOG, context=None,
     )
     write_meta(packaged)
-    execution = Execution(plan.runner(cfg), packaged.call)
+    return Execution(plan.runner(cfg), packaged.call), packaged
+
+
+def run_local(tmp_path: Path, fn, declared: dict, local: dict | None = None):
+    """Run `fn` on the local target with these declared resources; its result, or InfraTaskFailed."""
+    execution, packaged = local_execution(tmp_path, fn, declared, local)
+    store = packaged.call.store
     assert execution.start() is None
     folder = execution.outcome_folder
     outcome = read_outcome(store, folder, "here")
@@ -109,19 +115,52 @@ def test_within_the_memory_limit_succeeds_and_the_cpu_quota_is_the_calls(tmp_pat
     assert left_behind() == []
 
 
-def test_a_killed_or_timed_out_call_leaves_no_cgroup(tmp_path):
+def test_a_timed_out_call_leaves_no_cgroup_and_nothing_it_started(tmp_path):
+    pid_file = str(tmp_path / "escaped.pid")
+
     def escape_and_sleep():
         import subprocess
         import time
 
         # A process outside the call's process group: only its cgroup still holds it.
-        subprocess.Popen(["sleep", "300"], start_new_session=True)
+        escaped = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        with open(pid_file, "w") as fh:
+            fh.write(str(escaped.pid))
         time.sleep(300)
 
     with pytest.raises(InfraTaskFailed, match=r"timed out after 1s \(timeout=1s\)"):
         # 1s, not 1s + the output's grace period: the escaped sleep holding the output open
         # is killed with the cgroup as soon as the call has ended.
         run_local(tmp_path, escape_and_sleep, {"memory": "64Mi", "cpu": 1, "timeout": 1})
+    assert left_behind() == []
+    assert gone(int(Path(pid_file).read_text()))
+
+
+def test_a_killed_call_leaves_no_cgroup(tmp_path):
+    import threading
+    import time
+
+    def sleep_long():
+        time.sleep(300)
+
+    execution, _ = local_execution(tmp_path, sleep_long, {"memory": "64Mi"})
+    ended = {}
+
+    def start() -> None:
+        try:
+            execution.start()
+        except InfraTaskFailed as exc:
+            ended["error"] = str(exc)
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    until = time.monotonic() + 30
+    while not (left_behind() and execution.handle is not None and execution.handle.id):  # the call is running in its cgroup
+        assert time.monotonic() < until, "the call never started"
+        time.sleep(0.05)
+    execution.kill()  # as Airflow's on_kill does
+    thread.join(30)
+    assert "the task was killed" in ended.get("error", ""), ended
     assert left_behind() == []
 
 

@@ -120,3 +120,30 @@ def test_this_engine_refuses_a_gpu_task_before_building_anything(tmp_path):
             container.start()
     finally:
         container.remove(force=True)
+
+
+def test_cgroup_hierarchies_are_found_from_mountinfo_and_proc_self_cgroup():
+    """The local target's detection, on the texts a v2 host, a v1 host and a container with a
+    bind-mounted sub-tree give (parsing only: the limits themselves run in test_local_limits)."""
+    from pathlib import Path
+
+    from airflow_infra.targets.local.cgroups import Unenforced, locate
+
+    v2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n"
+    found = locate(Path("/sys/fs/cgroup"), None, mountinfo=v2, proc_cgroup="0::/system.slice/airflow-worker.service\n")
+    assert found.version == 2
+    assert found.parents["memory"] == found.parents["cpu"] == Path("/sys/fs/cgroup/system.slice/airflow-worker.service")
+    assert locate(Path("/sys/fs/cgroup"), "/airflow-calls", mountinfo=v2, proc_cgroup="0::/x\n").parents["memory"] == \
+        Path("/sys/fs/cgroup/airflow-calls")
+    v1 = ("35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+          "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
+          "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n")
+    found = locate(Path("/sys/fs/cgroup"), None, mountinfo=v1, proc_cgroup="4:memory:/w/1\n1:cpu,cpuacct:/w/2\n0::/\n")
+    assert found.version == 1
+    assert found.parents == {"memory": Path("/sys/fs/cgroup/memory/w/1"), "cpu": Path("/sys/fs/cgroup/cpu,cpuacct/w/2")}
+    # A container that sees its own sub-tree mounted at the usual place (no cgroup namespace).
+    bound = "35 31 0:32 /docker/abc /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n"
+    found = locate(Path("/sys/fs/cgroup"), None, mountinfo=bound, proc_cgroup="4:memory:/docker/abc\n")
+    assert found.parents == {"memory": Path("/sys/fs/cgroup/memory")}
+    with pytest.raises(Unenforced, match="no cgroup filesystem with the memory controller is mounted at /elsewhere"):
+        locate(Path("/elsewhere"), None, mountinfo=v1, proc_cgroup="4:memory:/w\n")

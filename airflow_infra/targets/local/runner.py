@@ -57,6 +57,9 @@ class LocalRunner(Runner):
             forget(self._python)
             handle.details["server_died"] = str(exc)
             return handle
+        except BaseException:
+            self._release_cgroup(call)  # nothing runs in it: collect() is not reached from here
+            raise
         handle.id = str(self._running.pid)
         self._started = time.monotonic()
         return handle
@@ -88,14 +91,17 @@ class LocalRunner(Runner):
         return None
 
     def collect(self, call: Call, handle: Handle) -> None:
+        self._release_cgroup(call)
+        if self._staged is not None:
+            self._staged.close()
+            self._staged = None
+
+    def _release_cgroup(self, call: Call) -> None:
         if self._cgroup is not None:
             # Also ends what the call started outside its process group (setsid, daemons).
             for left in self._cgroup.remove():
                 call.log.warning("the call's cgroup could not be removed: %s", left)
             self._cgroup = None
-        if self._staged is not None:
-            self._staged.close()
-            self._staged = None
 
     def explain(self, call: Call, handle: Handle, error: BaseException | None) -> str:
         if "server_died" in handle.details:

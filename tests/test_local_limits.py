@@ -164,6 +164,19 @@ def test_a_killed_call_leaves_no_cgroup(tmp_path):
     assert left_behind() == []
 
 
+def test_a_dead_workers_empty_cgroups_are_swept_by_the_next_call(tmp_path):
+    hierarchies = cgroups.locate(Path("/sys/fs/cgroup"), None)
+    gone_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process can have it
+    stale = hierarchies.parents["memory"] / f"{cgroups.PREFIX}{gone_pid}-0123456789ab"
+    stale.mkdir()
+    try:
+        assert run_local(tmp_path, allocate_16mib, {"memory": "64Mi"}) == 16 << 20
+        assert not stale.exists()
+    finally:
+        if stale.exists():
+            stale.rmdir()
+
+
 def test_without_a_cgroup_filesystem_limits_are_not_enforced_and_the_log_says_why_once(tmp_path, task_log):
     nowhere = tmp_path / "no-cgroups-here"
     nowhere.mkdir()

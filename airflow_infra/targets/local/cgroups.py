@@ -294,6 +294,18 @@ def _limit_memory(made: CallCgroup, folder: Path, memory: int) -> None:
         _write(folder / "memory.memsw.limit_in_bytes", str(memory))
 
 
+def sweep(hierarchies: Hierarchies) -> None:
+    """Remove calls' cgroups that a worker which is no longer running left behind (killed
+    between a call's start and its end): only empty ones, so nothing running is touched."""
+    for folder in leftovers(hierarchies):
+        pid = folder.name[len(PREFIX):].partition("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            try:
+                folder.rmdir()  # EBUSY while anything is in it: then it is not stale
+            except OSError:
+                pass
+
+
 def leftovers(hierarchies: Hierarchies, pid: int | None = None) -> list[Path]:
     """Calls' cgroups still present under the parents (of worker `pid` only, if given)."""
     prefix = PREFIX if pid is None else f"{PREFIX}{pid}-"
@@ -312,6 +324,7 @@ def for_call(root: str, parent: str | None, memory: int | None, cpu: float | Non
                                      cpu is not None and f"cpu={cpu:g}") if f)
     try:
         hierarchies = locate(Path(root), parent)
+        sweep(hierarchies)
         made = create(hierarchies, memory, cpu)
     except (Unenforced, OSError) as exc:
         why = str(exc) if isinstance(exc, Unenforced) else f"{exc.filename or root}: {exc.strerror or exc}"

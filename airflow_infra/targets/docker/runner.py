@@ -1,7 +1,8 @@
 """The docker kind's runner: the call runs in its built image on the worker's Docker engine.
 
 The same image a Kubernetes pod or a Batch job would run, with the declared cpu, memory
-and shm as container limits and `gpu` as a device request (`docker run --gpus N`), so a DAG can be tried locally exactly as production runs it.
+and shm as container limits and `gpu` as a device request (`docker run --gpus N`), so a
+DAG can be tried locally exactly as production runs it.
 The container's log stream carries only the call's output; its end (exit code, OOM) comes
 from the engine's API.
 """

@@ -147,3 +147,9 @@ def test_cgroup_hierarchies_are_found_from_mountinfo_and_proc_self_cgroup():
     assert found.parents == {"memory": Path("/sys/fs/cgroup/memory")}
     with pytest.raises(Unenforced, match="no cgroup filesystem with the memory controller is mounted at /elsewhere"):
         locate(Path("/elsewhere"), None, mountinfo=v1, proc_cgroup="4:memory:/w\n")
+
+
+def test_cgroup_paths_in_infra_yaml_are_validated():
+    for bad in ("relative/path", "/sys/fs/cgroup/../etc", "/a b", "/x\n"):
+        with pytest.raises(ValueError, match="absolute path of plain names"):
+            InfraConfig.model_validate({"targets": {"local": {"kind": "local", "cgroup_parent": bad}}})

@@ -370,12 +370,24 @@ def _killpg(pgid: int) -> None:
         pass
 
 
+def _join_cgroups(procs_files: list[str]) -> None:
+    """Put this forked process into the call's cgroups before it runs anything of the call,
+    so that the call's limits hold from its first byte. A call that cannot join does not run."""
+    for path in procs_files:
+        try:
+            with open(path, "w") as fh:
+                fh.write(str(os.getpid()))
+        except OSError as exc:
+            raise RuntimeError(f"could not join the call's cgroup ({path}: {exc.strerror}); the call did not run") from None
+
+
 def serve() -> int:
     """Warm mode: fork one child per request, so each call skips interpreter start-up.
 
     The worker talks to this server over a Unix socket whose fd number is in the CONTROL
     environment variable; the call's output never touches it. A request is one JSON line
-    {"call": id, "argv": [...], "cwd": ..., "env": {...}} sent together with one file
+    {"call": id, "argv": [...], "cwd": ..., "env": {...}, "cgroup": [cgroup.procs paths the
+    child joins before anything else]} sent together with one file
     descriptor, the write end of the pipe that is to be the call's stdout and stderr. For
     each, a forked child (its own session and process group) runs `main`; the server
     answers {"call": id, "pid": pid}, then, once the child has exited and its group is
@@ -416,6 +428,7 @@ def serve() -> int:
                     os.dup2(out, 1)
                     os.dup2(out, 2)
                     os.close(out)
+                    _join_cgroups(request.get("cgroup") or [])  # before anything of the call runs
                     os.chdir(request["cwd"])
                     os.environ.update(request["env"])
                     # In memory only, from the request: never in the server's environment

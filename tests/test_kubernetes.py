@@ -211,7 +211,8 @@ def test_failed_pods_are_explained(dags, docker_yaml, moto_s3, fake_kube):
     assert not run.succeeded
     out = run.output
     assert "task 'raises': the function raised ValueError: bad input on kubernetes" in out
-    assert "task 'oom': out of memory: pod" in out and "memory limit of 64Mi" in out and "raise `memory`" in out
+    assert "task 'oom': out of memory: the task hit its memory limit of 64Mi and was killed (pod " in out
+    assert "terminated reason is OOMKilled); raise `memory`" in out
     assert "task 'overruns': deadline exceeded" in out and "timeout=3s" in out
     assert "task 'unpullable': image pull failed" in out and "127.0.0.1:5999/gone/" in out
     assert "sleeping past the deadline" in out  # logs streamed before the pod was stopped
@@ -225,7 +226,7 @@ def test_deferrable_mode_resumes_from_the_store(dags, docker_yaml, moto_s3, fake
     out = run.output
     assert "KubernetesPodTrigger" in out or "defer" in out.lower()
     assert "task 'raises': the function raised ValueError: bad input on kubernetes" in out
-    assert "task 'oom': out of memory: pod" in out
+    assert "task 'oom': out of memory: the task hit its memory limit of 64Mi" in out
 
 
 @pytest.mark.integration
@@ -392,7 +393,11 @@ def test_exit_137_is_out_of_memory_only_when_the_kubelet_says_oomkilled():
 
     oom = k8s.V1ContainerStateTerminated(exit_code=137, reason="OOMKilled")
     killed = k8s.V1ContainerStateTerminated(exit_code=137, reason="Error")
-    assert _explain(_pod("Failed", terminated=oom)).startswith("out of memory: pod fit-1 hit its memory limit of 64Mi")
+    assert _explain(_pod("Failed", terminated=oom)) == (
+        "out of memory: the task hit its memory limit of 64Mi and was killed "
+        "(pod fit-1: its container's terminated reason is OOMKilled); raise `memory`")
+    assert _explain(_pod("Failed", terminated=oom), memory_limit=None).startswith(
+        "out of memory: the task was killed with no memory limit of its own (pod fit-1")
     text = _explain(_pod("Failed", terminated=killed))
     assert "out of memory" not in text and "exit code 137, signal 9 (Error)" in text
 

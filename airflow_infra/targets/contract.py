@@ -224,7 +224,7 @@ def describe_exit(code: int) -> str:
 def explain_process_end(call: Call, handle: Handle) -> str:
     """Why a call run as a process or container wrote no outcome, from the facts its runner
     recorded in the handle: exit code, elapsed seconds, whether it was killed, out of memory."""
-    from airflow_infra.quantities import format_bytes
+    from airflow_infra.targets.oom import out_of_memory
 
     facts = handle.details
     timeout, elapsed = call.resources.timeout, facts.get("elapsed", 0.0)
@@ -233,10 +233,7 @@ def explain_process_end(call: Call, handle: Handle) -> str:
     if facts.get("killed"):
         return "the task was killed; its process group was stopped"
     if facts.get("oom"):
-        return (
-            f"out of memory: the task hit its memory limit of {format_bytes(call.resources.memory)} and was killed "
-            "(exit 137); raise `memory`"
-        )
+        return out_of_memory(call.resources.memory, facts.get("oom_evidence") or "reported by the target")
     if "exit_code" in facts:
         return f"the task process died ({describe_exit(int(facts['exit_code']))}) before writing a result"
     return "the task process ended before writing a result"

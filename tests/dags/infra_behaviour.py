@@ -91,7 +91,7 @@ def infra_process_deaths():
         os.kill(os.getppid(), signal.SIGKILL)  # the warm runtime this call was forked from
         time.sleep(30)
 
-    @infra_task
+    @infra_task(memory="256Mi")  # in a memory cgroup: a SIGKILL there is still not an OOM kill
     def killed_by_signal() -> None:
         import signal
 

@@ -18,6 +18,7 @@ from airflow_infra.targets.batch import BatchTarget
 from airflow_infra.targets.batch.links import batch_job_url
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
 from airflow_infra.targets.image import prepare_image
+from airflow_infra.targets.oom import out_of_memory
 from airflow_infra.targets.remote import aws_environment, require_object_store
 
 DEFINITION_PREFIX = "airflow-infra-"
@@ -64,15 +65,41 @@ def ensure_job_definition(client: Any, name: str, target: BatchTarget, reference
     return registered["jobDefinitionArn"]
 
 
+def memory_mib(resources) -> int:
+    """The MEMORY a job is given (MiB, Batch's unit): the declared memory, or 512 MiB."""
+    return max(4, (resources.memory or 512 << 20) >> 20)
+
+
 def resource_requirements(call: Call) -> list[dict[str, str]]:
     res = call.resources
     out = [
         {"type": "VCPU", "value": f"{res.cpu:g}" if res.cpu else "1"},
-        {"type": "MEMORY", "value": str(max(4, (res.memory or 512 << 20) >> 20))},  # MiB
+        {"type": "MEMORY", "value": str(memory_mib(res))},
     ]
     if res.gpu:
         out.append({"type": "GPU", "value": str(res.gpu)})
     return out
+
+
+# How Batch says it killed a container for memory (its container or attempt reason).
+OOM_REASON = "OutOfMemoryError"
+
+
+def explain_job(batch_job: dict[str, Any], memory_limit: int) -> str:
+    """Why a described job ended without an outcome. Out of memory only where Batch says so
+    (OutOfMemoryError): an exit code of 137 is also a kill by a person or a spot reclaim."""
+    container = batch_job.get("container", {})
+    attempts = [a.get("container", {}) for a in batch_job.get("attempts", [])]
+    reasons = [r for r in (container.get("reason"), *(a.get("reason") for a in attempts[-1:]), batch_job.get("statusReason")) if r]
+    oom = next((r for r in reasons if r.startswith(OOM_REASON)), None)
+    if oom is not None:
+        return out_of_memory(memory_limit, f"Batch job {batch_job.get('jobId')}: {oom}")
+    parts = [f"Batch job {batch_job.get('jobId')} ended {batch_job.get('status')}: {batch_job.get('statusReason') or 'no reason given'}"]
+    code = container.get("exitCode")
+    parts.append(f"exit code {code}" if code is not None else "no exit code reported")
+    if container.get("reason"):
+        parts.append(container["reason"])
+    return "; ".join(parts)
 
 
 class BatchRunner(Runner):
@@ -161,14 +188,8 @@ class BatchRunner(Runner):
         if not described:
             return f"Batch job {handle.id} failed: {error}"
         batch_job = described[0]
-        container = batch_job.get("container", {})
-        parts = [f"Batch job {handle.id} ended {batch_job.get('status')}: {batch_job.get('statusReason') or 'no reason given'}"]
-        code = container.get("exitCode")
-        parts.append(f"exit code {code}" + (" (out of memory?)" if code == 137 else "") if code is not None else "no exit code reported")
-        if container.get("reason"):
-            parts.append(container["reason"])
-        tail = self._log_tail(container.get("logStreamName"))
-        return "; ".join(parts) + (f"\nlast lines of its log:\n{tail}" if tail else "")
+        tail = self._log_tail(batch_job.get("container", {}).get("logStreamName"))
+        return explain_job(batch_job, memory_mib(call.resources) << 20) + (f"\nlast lines of its log:\n{tail}" if tail else "")
 
     def _log_tail(self, stream: str | None, lines: int = 20) -> str:
         if not stream:

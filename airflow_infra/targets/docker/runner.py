@@ -1,7 +1,8 @@
 """The docker kind's runner: the call runs in its built image on the worker's Docker engine.
 
 The same image a Kubernetes pod or a Batch job would run, with the declared cpu, memory
-and shm as container limits, so a DAG can be tried locally exactly as production runs it.
+and shm as container limits and `gpu` as a device request (`docker run --gpus N`), so a
+DAG can be tried locally exactly as production runs it.
 The container's log stream carries only the call's output; its end (exit code, OOM) comes
 from the engine's API.
 """
@@ -62,6 +63,35 @@ def engine_address() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
+# What an engine that can hand GPUs to containers lists among its runtimes (the NVIDIA
+# Container Toolkit registers it; `docker run --gpus` needs it).
+GPU_RUNTIME = "nvidia"
+
+
+def device_requests(gpu: int) -> list:
+    """`gpu` as what `docker run --gpus N` asks the engine for: N devices with the gpu capability."""
+    if not gpu:
+        return []
+    import docker.types
+
+    return [docker.types.DeviceRequest(count=gpu, capabilities=[["gpu"]])]
+
+
+def no_gpu_runtime(where: str, gpu: int, detail: str) -> str:
+    return (
+        f"{where}: gpu={gpu} cannot run on the docker target: the Docker engine at {engine_address()} has no GPU "
+        f"runtime ({detail}); install the NVIDIA Container Toolkit on the engine's host, or route GPU tasks to a "
+        "target that has GPUs (a rule such as `gpu > 0`)"
+    )
+
+
+def require_gpu_runtime(info: dict, where: str, gpu: int) -> None:
+    """Refuse a GPU call on an engine whose `docker info` lists no GPU runtime."""
+    runtimes = sorted(info.get("Runtimes") or {})
+    if not any(GPU_RUNTIME in name for name in runtimes):
+        raise InfraTaskFailed(no_gpu_runtime(where, gpu, f"its runtimes: {', '.join(runtimes) or 'none'}"))
+
+
 class DockerRunner(Runner):
     kind = "docker"
     delivers_connections = True  # over the container's standard input (deliver_connections)
@@ -79,6 +109,11 @@ class DockerRunner(Runner):
         return self._engine
 
     def prepare(self, call: Call) -> None:
+        if call.resources.gpu:  # before any image is built for a call that cannot run here
+            require_gpu_runtime(self.engine.info(), call.where, call.resources.gpu)
+            if call.resources.gpu_type:
+                call.log.warning("%s: gpu_type=%s is not applied on the docker target: the engine picks any %d GPU(s)",
+                                 call.where, call.resources.gpu_type, call.resources.gpu)
         self._reference = prepare_image(call, self.config)
 
     def submit(self, call: Call) -> Handle:
@@ -147,6 +182,7 @@ class DockerRunner(Runner):
             memswap_limit=resources.memory,  # no swap beyond the limit
             nano_cpus=int(resources.cpu * 1e9) if resources.cpu else None,
             shm_size=resources.shm,
+            device_requests=device_requests(resources.gpu) or None,
             labels=container_labels(call),
         )
         try:
@@ -154,8 +190,10 @@ class DockerRunner(Runner):
                 container.start()
             else:
                 deliver_connections(container, connections)
-        except BaseException:
+        except BaseException as exc:
             self._container_call(Handle(self.kind, self.name, container.id, call.folder_uri), "remove", force=True)
+            if resources.gpu and "could not select device driver" in str(exc):  # the engine's own refusal
+                raise InfraTaskFailed(no_gpu_runtime(call.where, resources.gpu, f"the engine answered: {exc}")) from None
             raise
         return container
 
@@ -198,7 +236,10 @@ class DockerRunner(Runner):
                 for line in lines.flush():
                     log_line(call.log, line)
             container.reload()
-            handle.details["oom"] = bool(container.attrs["State"].get("OOMKilled", False))
+            if container.attrs["State"].get("OOMKilled", False):
+                handle.details.update(oom=True, oom_evidence="the Docker engine reports State.OOMKilled")
+            else:
+                handle.details["oom"] = False
         except BaseException:
             # Airflow's execution_timeout or a signal unwinding the task: the container must not outlive it.
             self._stop(handle)

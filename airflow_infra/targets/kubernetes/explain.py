@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_infra.quantities import format_bytes
+from airflow_infra.targets.oom import out_of_memory
 
 PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 CONFIG_FAILURES = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
@@ -102,11 +102,7 @@ def explain_pod(
     if terminated is not None and terminated.reason == "OOMKilled" and which != f"pod {name}":
         return f"out of memory: {which} was killed (exit 137); raise its memory limit in the target's pod template"
     if terminated is not None and terminated.reason == "OOMKilled":
-        if memory_limit is not None:
-            return (f"out of memory: pod {name} hit its memory limit of {format_bytes(memory_limit)} "
-                    "and was killed (exit 137); raise `memory`")
-        return (f"out of memory: pod {name} was killed (exit 137) with no memory limit set, so its node ran "
-                "short; declare `memory` (or a larger one) so it is scheduled where that much is free")
+        return out_of_memory(memory_limit, f"pod {name}: its container's terminated reason is OOMKilled")
     if terminated is not None:
         signal = f", signal {terminated.exit_code - 128}" if terminated.exit_code > 128 else ""
         why = terminated.message or terminated.reason or "no reason given"

@@ -1,5 +1,6 @@
 """The local target's runner: the call runs in its own process group, forked from a warm
-runtime in a cached uv virtual environment (see server.py)."""
+runtime in a cached uv virtual environment (see server.py), inside a cgroup of its own that
+holds its declared memory and cpu as limits where the worker may make one (cgroups.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import time
 from pathlib import Path
 
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner, deadline, explain_process_end
+from airflow_infra.targets.local import cgroups
 from airflow_infra.targets.local.server import RunningCall, ServerGone, forget, server_for
 from airflow_infra.targets.local.venvs import child_environ, ensure_env
 from airflow_infra.targets.output import log_line
@@ -20,6 +22,7 @@ class LocalRunner(Runner):
     _python: Path
     _staged: StagedCall | None = None
     _running: RunningCall | None = None
+    _cgroup: cgroups.CallCgroup | None = None
 
     def prepare(self, call: Call) -> None:
         from airflow_infra.config import env_cache_dir
@@ -39,14 +42,24 @@ class LocalRunner(Runner):
     def submit(self, call: Call) -> Handle:
         self._staged = StagedCall.open(call)
         handle = Handle(self.kind, self.name, "", call.folder_uri)
+        self._cgroup = cgroups.for_call(
+            self.target.cgroup_root, self.target.cgroup_parent, call.resources.memory, call.resources.cpu,
+            lambda level, line: getattr(call.log, level)("%s", line),
+        )
         try:
             server = server_for(self._python, child_environ({}))
             connections = call.connections.document() if call.connections else None
-            self._running = server.start(self._staged.argv, self._staged.scratch, call.environment.env, connections)
+            self._running = server.start(
+                self._staged.argv, self._staged.scratch, call.environment.env, connections,
+                self._cgroup.join_files if self._cgroup else None,
+            )
         except ServerGone as exc:
             forget(self._python)
             handle.details["server_died"] = str(exc)
             return handle
+        except BaseException:
+            self._release_cgroup(call)  # nothing runs in it: collect() is not reached from here
+            raise
         handle.id = str(self._running.pid)
         self._started = time.monotonic()
         return handle
@@ -61,7 +74,11 @@ class LocalRunner(Runner):
 
         try:
             with deadline(call.resources.timeout, expire):
-                handle.details["exit_code"] = running.stream(lambda line: log_line(call.log, line))
+                handle.details["exit_code"] = code = running.stream(
+                    lambda line: log_line(call.log, line), self._cgroup.kill_all if self._cgroup else None,
+                )
+            if self._cgroup is not None and (evidence := self._cgroup.oom_evidence(code)):
+                handle.details.update(oom=True, oom_evidence=evidence)
         except ServerGone as exc:
             forget(self._python)
             handle.details["server_died"] = str(exc)
@@ -74,9 +91,17 @@ class LocalRunner(Runner):
         return None
 
     def collect(self, call: Call, handle: Handle) -> None:
+        self._release_cgroup(call)
         if self._staged is not None:
             self._staged.close()
             self._staged = None
+
+    def _release_cgroup(self, call: Call) -> None:
+        if self._cgroup is not None:
+            # Also ends what the call started outside its process group (setsid, daemons).
+            for left in self._cgroup.remove():
+                call.log.warning("the call's cgroup could not be removed: %s", left)
+            self._cgroup = None
 
     def explain(self, call: Call, handle: Handle, error: BaseException | None) -> str:
         if "server_died" in handle.details:
@@ -87,3 +112,5 @@ class LocalRunner(Runner):
         handle.details["killed"] = True
         if self._running is not None:
             self._running.kill()
+        if self._cgroup is not None:
+            self._cgroup.kill_all()

@@ -78,8 +78,14 @@ class RuntimeServer:
     def alive(self) -> bool:
         return not self._gone and self.proc.poll() is None
 
-    def start(self, argv: list[str], cwd: Path, env: dict[str, str], connections: dict[str, Any] | None = None) -> RunningCall:
+    def start(
+        self, argv: list[str], cwd: Path, env: dict[str, str], connections: dict[str, Any] | None = None,
+        cgroup: list[str] | None = None,
+    ) -> RunningCall:
         """Hand the call to the server; returns once its pid is known.
+
+        `cgroup`: the `cgroup.procs` files of the call's cgroups (cgroups.py); the forked
+        child joins them before it runs anything of the call.
 
         `connections`: the declared connections' values. They travel in this request only,
         over the socket, and the forked child installs them in its own memory and
@@ -100,7 +106,8 @@ class RuntimeServer:
             read_end, write_end = os.pipe()
             call._output = read_end
             request = json.dumps(
-                {"call": call._id, "argv": argv, "cwd": str(cwd), "env": env, "connections": connections or {}}
+                {"call": call._id, "argv": argv, "cwd": str(cwd), "env": env, "connections": connections or {},
+                 "cgroup": cgroup or []}
             ).encode() + b"\n"
             try:
                 sent = socket.send_fds(self._sock, [request], [write_end])
@@ -210,8 +217,12 @@ class RunningCall:
         self._state = threading.RLock()
         self._settled = False  # once true, the server may reap the child: its pid is no longer ours
 
-    def stream(self, on_line: Callable[[str], None]) -> int:
-        """Pass the call's output to on_line, line by line, until it has ended; return its exit code."""
+    def stream(self, on_line: Callable[[str], None], on_exit: Callable[[], None] | None = None) -> int:
+        """Pass the call's output to on_line, line by line, until it has ended; return its exit code.
+
+        `on_exit` runs once the call's process has exited, before its remaining output is
+        read: the runner kills what is left in the call's cgroup there, so a process that
+        left the call's group cannot hold the output open for the grace period."""
         server = self._server
         with server._io:
             if self.exit_code is None and self._settled:  # given up when the server died or closed
@@ -228,6 +239,8 @@ class RunningCall:
                 while self._output is not None or self.exit_code is None:
                     if self.exit_code is None and (code := server._take(self._id, "exit")) is not None:
                         self._finish(code)
+                        if on_exit is not None:
+                            on_exit()
                         poller.unregister(server._sock)
                         ended_at = time.monotonic()
                         continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -103,11 +104,40 @@ def test_connections_are_declared_on_the_decorator_the_operator_and_the_mapped_f
 def test_a_target_that_cannot_deliver_connections_refuses_the_call_before_anything_runs():
     from airflow_infra.pipeline.connections import require_delivery
     from airflow_infra.targets import get_kind
+    from airflow_infra.targets.contract import Runner, TargetConfig
 
-    with pytest.raises(InfraSpecError, match="target 'aws' \\(kind 'batch'\\) cannot deliver Airflow connections"):
-        require_delivery(get_kind("batch").load_runner(), "aws", "batch", ["db"], "DAG 'd', task 't'")
+    class Silent(Runner):  # a kind that does not deliver them (delivers_connections left False)
+        kind = "silent"
+
+    with pytest.raises(InfraSpecError, match="target 'x' \\(kind 'silent'\\) cannot deliver Airflow connections to a task: its kind cannot"):
+        require_delivery(Silent, TargetConfig(kind="silent"), "x", "silent", ["db"], "DAG 'd', task 't'")
+    require_delivery(Silent, TargetConfig(kind="silent"), "x", "silent", [], "DAG 'd', task 't'")
+    batch = get_kind("batch")
+    # Batch reads a job's secrets with its execution role: a batch target without one refuses.
+    with pytest.raises(InfraSpecError, match="target 'aws' \\(kind 'batch'\\) .* has no `execution_role_arn`"):
+        require_delivery(batch.load_runner(), batch.schema(kind="batch", job_queue="q"), "aws", "batch", ["db"], "DAG 'd', task 't'")
+    role = batch.schema(kind="batch", job_queue="q", execution_role_arn="arn:aws:iam::123456789012:role/exec")
+    require_delivery(batch.load_runner(), role, "aws", "batch", ["db"], "DAG 'd', task 't'")
     for kind in ("local", "docker", "kubernetes"):
-        require_delivery(get_kind(kind).load_runner(), kind, kind, ["db"], "DAG 'd', task 't'")
+        require_delivery(get_kind(kind).load_runner(), TargetConfig(kind=kind), kind, kind, ["db"], "DAG 'd', task 't'")
+
+
+def test_batch_secret_names_are_one_per_call_safe_and_injective():
+    from types import SimpleNamespace
+
+    from airflow_infra.targets.batch.secrets import secret_name
+
+    def name(dag="d", task="t", run="manual__2026-11-29T19:45:32+00:00", map_index=-1, try_number=1):
+        return secret_name(SimpleNamespace(dag_id=dag, task_id=task, run_id=run, map_index=map_index, try_number=try_number))
+
+    assert name() == "airflow-infra/d/t/manual__2026-11-29T19@3a45@3a32+00@3a00/-1/1"
+    # What Secrets Manager allows, at most 512 characters, for any run id.
+    for run in ("a/b", "a@2fb", "ü ~`$(x)\n'\"", "x" * 600):
+        assert re.fullmatch(r"[A-Za-z0-9/_+=.@-]{1,512}", name(run=run)), name(run=run)
+    # Distinct calls, distinct names: '/' and '@' inside a part are escaped.
+    names = [name(run="a/b"), name(run="a@2fb"), name(task="a", run="b"), name(run="x" * 600), name(run="x" * 601),
+             name(map_index=0), name(try_number=2), name(dag="d.g"), name(dag="d_g")]
+    assert len(set(names)) == len(names)
 
 
 def test_a_missing_connection_is_named(monkeypatch):
@@ -269,14 +299,20 @@ def test_docker_calls_get_their_connections_over_stdin_never_in_docker_inspect(d
 
 @pytest.mark.integration
 def test_a_missing_connection_or_a_target_that_cannot_deliver_fails_the_task_before_anything_is_submitted(dags, docker_yaml):
-    docker_yaml("  aws-batch: {kind: batch, job_queue: q}\n")
+    docker_yaml(
+        "  aws-batch: {kind: batch, job_queue: q}\n"
+        "  aws-batch-role: {kind: batch, job_queue: q, execution_role_arn: 'arn:aws:iam::123456789012:role/exec'}\n"
+    )
     _, env = _planted()
     run = dags.test("infra_connections_missing", env=env)
     assert not run.succeeded
     assert "DAG 'infra_connections_missing', task 'never_runs': connections: no Airflow connection 'no_such_connection'" in run.output
     assert (
         "DAG 'infra_connections_missing', task 'on_batch': connections=['planted_session_db']: "
-        "target 'aws-batch' (kind 'batch') cannot deliver Airflow connections"
+        "target 'aws-batch' (kind 'batch') cannot deliver Airflow connections to a task: it has no `execution_role_arn`"
+    ) in run.output
+    assert (
+        "DAG 'infra_connections_missing', task 'missing_on_batch': connections: no Airflow connection 'no_such_connection'"
     ) in run.output
     assert not (run.artifacts / "infra_connections_missing").exists()  # no call was packaged, let alone run
 

@@ -205,13 +205,13 @@ def _files_holding(root: Path, secrets: list[bytes]) -> list[str]:
     return found
 
 
-def _run_holding(dags, env: dict[str, str], look):
-    """Run infra_connections; while reads_them holds its connections, call look(call_pid)."""
+def _run_holding(dags, env: dict[str, str], look, dag_id: str = "infra_connections"):
+    """Run dag_id; while its connection-reading task holds them, call look(call_pid)."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(900)
     result = {}
     runner = threading.Thread(
-        target=lambda: result.setdefault("run", dags.test("infra_connections", conf={"port": listener.getsockname()[1]}, env=env, timeout=900))
+        target=lambda: result.setdefault("run", dags.test(dag_id, conf={"port": listener.getsockname()[1]}, env=env, timeout=900))
     )
     runner.start()
     seen = None
@@ -355,6 +355,116 @@ def test_kubernetes_calls_get_their_connections_from_a_secret_owned_by_the_pod(d
     listed = requests.get(f"{FAKE_API}/api/v1/namespaces/ml/secrets/{json.loads(seen['pod'])['metadata']['name']}-connections", timeout=5)
     assert listed.status_code == 404  # deleted when the task ended
     assert pods_gone("reads-them") and pods_gone("mapped")
+
+
+def _hostile(tag: str) -> dict:
+    """A connection whose values hold what breaks naive quoting: newlines, quotes, shell and
+    JSON syntax, backslashes, unicode beyond the BMP. Each holds a plain marker to look for."""
+    marker = f"planted-hostile-{tag}"
+    return {
+        "conn_type": "generic", "host": f"db.ü.example\n{marker}-host",
+        "login": f"us'er \"{marker}-login\" $(id) `id` ; --",
+        "password": f"line one\nline \"two\"\r\n\ttab {marker}-password \\ \\n \\u0041 ü 中文 😀 '}}{{",
+        "schema": f"s;chema\nDROP {marker}-schema",
+        "extra": {"token": f"{marker}-extra\n\"}}", "nested": {"ü": ["😀", "\\", None, 1.5]}},
+    }
+
+
+@pytest.mark.integration
+def test_batch_calls_get_their_connections_from_a_secret_of_their_own(dags, docker_yaml, moto_s3, batch_queue):
+    """A Secrets Manager secret per call, referenced from a job definition revision of its own,
+    which Batch injects as a variable (on moto: dev/moto_server.py, the ECS agent's stand-in)
+    and the runtime unsets. While the job holds them, and after: no value in any job
+    definition, the job's description (its overrides, environment, parameters), the S3 store
+    (call.json included), the task log; when the task ends the secret and the revision are gone."""
+    from types import SimpleNamespace
+
+    import boto3
+
+    from airflow_infra.client import Client
+    from airflow_infra.targets.batch.secrets import secret_name
+
+    aws = {"region_name": "us-east-1", "endpoint_url": MOTO, "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    batch, secretsmanager, s3 = (boto3.client(service, **aws) for service in ("batch", "secretsmanager", "s3"))
+    role = boto3.client("iam", **aws).get_role(RoleName=batch_queue)["Role"]["Arn"]  # conftest's, named like the queue
+    # No pass_credentials: the job's only AWS keys are the declared aws connection's.
+    docker_yaml(
+        f"  gpu: {{kind: batch, job_queue: {batch_queue}, region: us-east-1, poll_interval: 1, execution_role_arn: '{role}'}}\n"
+        f"artifacts: {moto_s3}\n"
+    )
+    values, env = _planted()
+    hostile = _hostile(values["login"].rpartition("-")[2])
+    env["AIRFLOW_CONN_PLANTED_HOSTILE"] = json.dumps(hostile)
+    markers = [v.encode() for v in values.values()] + [f"planted-hostile-{values['login'].rpartition('-')[2]}".encode()]
+
+    def call_secrets() -> list[dict]:
+        listed = secretsmanager.get_paginator("list_secrets").paginate(IncludePlannedDeletion=True)
+        return [s for page in listed for s in page["SecretList"] if s["Name"].startswith("airflow-infra/infra_connections_batch/")]
+
+    def definitions(status: str) -> list[dict]:
+        listed = batch.get_paginator("describe_job_definitions").paginate(status=status)
+        return [d for page in listed for d in page["jobDefinitions"] if d["jobDefinitionName"].startswith("airflow-infra-gpu")]
+
+    def with_secrets(status: str) -> list[dict]:
+        return [d for d in definitions(status) if d["containerProperties"].get("secrets")]
+
+    def our_jobs() -> list[dict]:
+        ids = [j["jobId"] for status in ("RUNNING", "SUCCEEDED", "FAILED")
+               for j in batch.list_jobs(jobQueue=batch_queue, jobStatus=status)["jobSummaryList"]
+               if j["jobName"].startswith("infra_connections_batch")]
+        return batch.describe_jobs(jobs=ids)["jobs"] if ids else []
+
+    def look(_pid: int) -> dict:
+        return {"secrets": call_secrets(), "definitions": with_secrets("ACTIVE"), "jobs": our_jobs()}
+
+    jobs_before = {j["jobId"] for j in our_jobs()}
+    run, seen = _run_holding(dags, {**env, "AIRFLOW_INFRA_TARGET": "gpu"}, look, "infra_connections_batch")
+    assert run.succeeded, run.output[-4000:]
+
+    # While the job ran: one secret, named after the call, and one definition revision using it.
+    call = SimpleNamespace(dag_id="infra_connections_batch", task_id="on_batch", run_id=run.run_id, map_index=-1, try_number=1)
+    assert [s["Name"] for s in seen["secrets"]] == [secret_name(call)]
+    assert {"Key": "airflow-infra-purpose", "Value": "call-connections"} in seen["secrets"][0]["Tags"]
+    (definition,) = seen["definitions"]
+    assert definition["containerProperties"]["secrets"] == [{"name": "AIRFLOW_INFRA_CONNECTIONS_JSON", "valueFrom": seen["secrets"][0]["ARN"]}]
+    assert definition["containerProperties"]["executionRoleArn"] == role
+    assert {"name": "AIRFLOW_INFRA_CONNECTIONS", "value": "env:AIRFLOW_INFRA_CONNECTIONS_JSON"} in definition["containerProperties"]["environment"]
+    (job,) = [j for j in seen["jobs"] if j["jobId"] not in jobs_before]
+    assert job["jobDefinition"] == definition["jobDefinitionArn"] and job["status"] == "RUNNING"
+
+    # The function saw every value intact, the aws one as AWS_* (it read its call from S3 with them).
+    result = Client(moto_s3).run("infra_connections_batch", run.run_id)["on_batch"].result
+    assert (result["host"], result["port"]) == ("db.internal", 5439)
+    assert (result["login"], result["password"]) == (digest(values["login"]), digest(values["password"]))
+    assert result["hostile"] == {name: digest(hostile[name]) for name in ("login", "password", "host", "schema")}
+    assert result["hostile_extra"] == digest(json.dumps(hostile["extra"], sort_keys=True))
+    assert result["aws"] == {
+        "AWS_ACCESS_KEY_ID": digest(values["aws_key"]), "AWS_SECRET_ACCESS_KEY": digest(values["aws_secret"]),
+        "AWS_SESSION_TOKEN": digest(values["aws_token"]), "AWS_ENDPOINT_URL": digest(MOTO),
+        "AWS_DEFAULT_REGION": digest("us-east-1"),  # the job's environment sets it: what the target says wins
+    }
+    # Unset before the function ran: neither it nor the processes it starts have the variable.
+    assert result["variables"] == [] and result["child_variables"] == []
+
+    # Nowhere else: the definitions (all revisions, either status), the job's description
+    # (containerOverrides, environment, parameters), the S3 store, the task log.
+    described = json.dumps([definitions("ACTIVE"), definitions("INACTIVE"), seen["jobs"], our_jobs()], default=str).encode()
+    assert not [m for m in markers if m in described]
+    assert job["parameters"] == {} and all("AIRFLOW_INFRA_CONNECTIONS_JSON" not in e["name"] for e in job["container"]["environment"])
+    bucket, _, prefix = moto_s3.removeprefix("s3://aws_default@").partition("/")
+    stored = [v for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=f"{prefix}/infra_connections_batch/")
+              for v in page.get("Versions", [])]
+    assert any(v["Key"].endswith("/call.json") for v in stored)
+    for version in stored:
+        body = s3.get_object(Bucket=bucket, Key=version["Key"], VersionId=version["VersionId"])["Body"].read()
+        assert not [m for m in markers if m in body], version["Key"]
+    assert not _files_holding(HOME / "logs", markers)
+    assert not [m for m in markers if m in run.output.encode()]
+
+    # Released when the task ended: the secret force-deleted, the revision deregistered.
+    assert call_secrets() == []
+    assert with_secrets("ACTIVE") == []
+    assert definition["jobDefinitionArn"] in {d["jobDefinitionArn"] for d in with_secrets("INACTIVE")}
 
 
 def test_an_aws_connection_never_displaces_a_pods_own_identity(monkeypatch):

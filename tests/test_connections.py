@@ -467,6 +467,38 @@ def test_batch_calls_get_their_connections_from_a_secret_of_their_own(dags, dock
     assert definition["jobDefinitionArn"] in {d["jobDefinitionArn"] for d in with_secrets("INACTIVE")}
 
 
+@pytest.mark.integration
+def test_killing_a_batch_call_releases_its_secret_and_definition_revision(moto_s3):
+    """kill() (on_kill, a timeout) force-deletes the call's secret and deregisters its revision
+    at once, from the handle alone (a fresh runner, as after a deferral); collect() after it
+    finds nothing left to do."""
+    import boto3
+
+    from airflow_infra.config import InfraConfig
+    from airflow_infra.targets.batch import BatchTarget
+    from airflow_infra.targets.batch.runner import BatchRunner
+    from airflow_infra.targets.contract import Handle
+
+    aws = {"region_name": "us-east-1", "endpoint_url": MOTO, "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    batch, secretsmanager = boto3.client("batch", **aws), boto3.client("secretsmanager", **aws)
+    name = f"airflow-infra/killed/{os.urandom(4).hex()}"
+    secret = secretsmanager.create_secret(Name=name, SecretString="{}")["ARN"]
+    definition = batch.register_job_definition(
+        jobDefinitionName="airflow-infra-killed", type="container",
+        containerProperties={"image": "x", "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}]},
+    )["jobDefinitionArn"]
+    target = BatchTarget(kind="batch", job_queue="q", region="us-east-1", execution_role_arn="arn:aws:iam::123456789012:role/exec")
+    runner = BatchRunner("gpu", target, InfraConfig())
+    handle = Handle("batch", "gpu", "", "s3://b/f", {"secret": secret, "definition": definition})
+    runner.kill(handle)
+    assert handle.details == {"killed": True}
+    runner.collect(None, handle)  # nothing left to release
+    listed = secretsmanager.list_secrets(IncludePlannedDeletion=True)["SecretList"]
+    assert name not in {s["Name"] for s in listed}  # force-deleted: no recovery window
+    (described,) = batch.describe_job_definitions(jobDefinitions=[definition])["jobDefinitions"]
+    assert described["status"] == "INACTIVE"
+
+
 def test_an_aws_connection_never_displaces_a_pods_own_identity(monkeypatch):
     """Where the call's environment has an AWS identity of its own (a service account's role, a
     Batch job role), its store access must keep using it: the connection's keys are left to

@@ -388,8 +388,11 @@ def test_batch_calls_get_their_connections_from_a_secret_of_their_own(dags, dock
     batch, secretsmanager, s3 = (boto3.client(service, **aws) for service in ("batch", "secretsmanager", "s3"))
     role = boto3.client("iam", **aws).get_role(RoleName=batch_queue)["Role"]["Arn"]  # conftest's, named like the queue
     # No pass_credentials: the job's only AWS keys are the declared aws connection's.
+    # Deferrable: the secret and revision are released by the attempt that resumes, from the
+    # stored handle (the harder path), and it is half the time of BatchOperator's blocking wait.
     docker_yaml(
-        f"  gpu: {{kind: batch, job_queue: {batch_queue}, region: us-east-1, poll_interval: 1, execution_role_arn: '{role}'}}\n"
+        f"  gpu: {{kind: batch, job_queue: {batch_queue}, region: us-east-1, poll_interval: 1, deferrable: true, "
+        f"execution_role_arn: '{role}'}}\n"
         f"artifacts: {moto_s3}\n"
     )
     values, env = _planted()

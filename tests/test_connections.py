@@ -472,20 +472,34 @@ def test_batch_calls_get_their_connections_from_a_secret_of_their_own(dags, dock
 
 @pytest.mark.integration
 def test_killing_a_batch_call_releases_its_secret_and_definition_revision(moto_s3):
-    """kill() (on_kill, a timeout) force-deletes the call's secret and deregisters its revision
+    """A leftover secret of the same try (a crashed attempt) is updated, not duplicated.
+    kill() (on_kill, a timeout) force-deletes the call's secret and deregisters its revision
     at once, from the handle alone (a fresh runner, as after a deferral); collect() after it
     finds nothing left to do."""
+    from types import SimpleNamespace
+
     import boto3
 
     from airflow_infra.config import InfraConfig
-    from airflow_infra.targets.batch import BatchTarget
+    from airflow_infra.pipeline.connections import ConnectionValues
+    from airflow_infra.targets.batch import BatchTarget, secrets
     from airflow_infra.targets.batch.runner import BatchRunner
     from airflow_infra.targets.contract import Handle
 
     aws = {"region_name": "us-east-1", "endpoint_url": MOTO, "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
     batch, secretsmanager = boto3.client("batch", **aws), boto3.client("secretsmanager", **aws)
-    name = f"airflow-infra/killed/{os.urandom(4).hex()}"
-    secret = secretsmanager.create_secret(Name=name, SecretString="{}")["ARN"]
+    call = SimpleNamespace(dag_id="killed", task_id="t", run_id=os.urandom(4).hex(), map_index=-1, try_number=1, where="DAG 'killed', task 't'")
+    name = secrets.secret_name(call)
+    call.connections = ConnectionValues({"db": {"password": "first"}})
+    secret = secrets.create_secret(secretsmanager, call, {"team": "ml"})
+    call.connections = ConnectionValues({"db": {"password": "second"}})
+    assert secrets.create_secret(secretsmanager, call, {"team": "ml"}) == secret
+    assert json.loads(secretsmanager.get_secret_value(SecretId=secret)["SecretString"]) == {"db": {"password": "second"}}
+    tags = {t["Key"]: t["Value"] for t in secretsmanager.describe_secret(SecretId=secret)["Tags"]}
+    assert tags == {"team": "ml", "airflow-infra-purpose": "call-connections"}
+    call.connections = ConnectionValues({"db": {"password": "x" * secrets.MAX_VALUE}})
+    with pytest.raises(InfraTaskFailed, match="DAG 'killed', task 't': connections: their values take .* more than the 65536"):
+        secrets.create_secret(secretsmanager, call, {})
     definition = batch.register_job_definition(
         jobDefinitionName="airflow-infra-killed", type="container",
         containerProperties={"image": "x", "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}]},

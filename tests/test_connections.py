@@ -1,10 +1,10 @@
 """Airflow connections inside infra tasks (issue 18): declared, looked up when the task runs,
-delivered by the local and docker targets, and found nowhere else.
+delivered by the local, docker, kubernetes and batch targets, and found nowhere else.
 
 The integration tests plant distinctive values in connections through the run's
 AIRFLOW_CONN_* variables (JSON form), then look for them in the artifact store, the task
-log, `docker inspect` and every process's environment and command line while the call
-holds them: no hits. The function reports digests of what it saw, which must match."""
+log, `docker inspect`, every process's environment and command line, pods, and Batch job
+definitions and job descriptions, while the call holds them and after: no hits. The function reports digests of what it saw, which must match."""
 
 from __future__ import annotations
 

@@ -243,7 +243,9 @@ class InfraOperator(BaseOperator):
         from airflow_infra.pipeline.connections import require_delivery, resolve_connections
 
         task = where(self.dag_id, self.task_id)
-        require_delivery(plan.kind.load_runner(), plan.route.target, plan.kind.name, list(self.connections), task)
+        require_delivery(
+            plan.kind.load_runner(), plan.target, plan.route.target, plan.kind.name, list(self.connections), task
+        )
         values = resolve_connections(self.connections, task)
         self.log.info("connections for the call: %s (values delivered by the target, not stored)", ", ".join(values.ids))
         return values

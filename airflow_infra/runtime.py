@@ -7,8 +7,9 @@ references in the arguments for the values they point to, runs the function and 
 each output plus `outcome.json` (ok or error, output descriptions, measured peak memory,
 CPU and wall time) into OUT_DIR. The Airflow connections the task declared arrive in the
 warm server's request (local target), as JSON on standard input (AIRFLOW_INFRA_CONNECTIONS
-=stdin: docker) or in a pod's own read-only Secret (=file:PATH: kubernetes), never in an
-argument, the store or an image; the function reads them through
+=stdin: docker), in a pod's own read-only Secret (=file:PATH: kubernetes) or in a variable
+Batch sets from the call's own secret and the runtime unsets at once (=env:NAME: batch),
+never in an argument, the store or an image; the function reads them through
 airflow_infra.task_connections, which this file provides where the task runs. It must run
 where Airflow and airflow-infra are not installed: standard library and cloudpickle only, and no imports of this package.
 The rest of the package imports the wire format (REF_KEY, file names, atomic_write) from
@@ -39,9 +40,10 @@ EXIT_USER_ERROR = 3
 HASH_MAX_BYTES = 64 << 20
 CONTROL = "AIRFLOW_INFRA_CONTROL_FD"  # names, in serve mode, the fd of the control socket to the worker
 # How a call that declared connections receives their values: "stdin" (a JSON document the
-# worker writes to the call's standard input, then closes: docker) or "file:PATH" (a JSON file,
-# a Secret mounted read-only: kubernetes). Unset: none, or (local target) they came in the
-# server's request. Only where is in the environment, never a value.
+# worker writes to the call's standard input, then closes: docker), "file:PATH" (a JSON file,
+# a Secret mounted read-only: kubernetes) or "env:NAME" (a variable Batch sets from the job
+# definition's secret; the runtime unsets it before the call loads: batch). Unset: none, or
+# (local target) they came in the server's request. This variable says only where, never a value.
 CONNECTIONS = "AIRFLOW_INFRA_CONNECTIONS"
 
 
@@ -273,6 +275,15 @@ def _write_outputs(result: Any, call: dict[str, Any], out_dir: str) -> list[dict
     return described
 
 
+def _connections_from_environment(name: str) -> dict[str, Any]:
+    """The connections' JSON from the variable `name`, which is unset first: the function and
+    the processes it starts never see it in their environment."""
+    text = os.environ.pop(name, None)
+    if text is None:
+        raise RuntimeError(f"{CONNECTIONS} names the variable {name}, which is not set: the job's secrets were not injected")
+    return json.loads(text)
+
+
 def _file_sha256(path: str) -> str:
     with open_read(path) as fh:
         return hashlib.sha256(fh.read()).hexdigest()
@@ -298,6 +309,8 @@ def main(argv: list[str], connections: dict[str, Any] | None = None) -> int:
         elif connections is None and source and source.startswith("file:"):  # a pod's Secret, mounted read-only
             with open(source.removeprefix("file:"), "rb") as fh:
                 connections = json.load(fh)
+        elif connections is None and source and source.startswith("env:"):  # a Batch job's secret, injected by Batch
+            connections = _connections_from_environment(source.removeprefix("env:"))
         install_connections(connections or {})
         with open_read(call_path) as fh:
             call = pickle.load(fh)

@@ -122,3 +122,43 @@ def test_killing_the_task_terminates_its_job(airflow_db, batch_yaml, batch_queue
 def moto_containers() -> list[str]:
     listed = subprocess.run(["docker", "ps", "-aq", "--filter", "name=infra_batch_sleeper"], capture_output=True, text=True, check=True)
     return listed.stdout.split()
+
+
+def test_the_aws_double_injects_a_job_definitions_secrets_as_the_ecs_agent_does(docker_infra, batch_queue):
+    """dev/moto_server.py, the stand-in for the ECS agent (moto stores `secrets` but never
+    injects them): the value reaches the container's environment only (not DescribeJobs),
+    with the definition's execution role; without one, or once the secret is deleted, the job
+    fails at start in ECS's words. The connections tests rely on exactly this."""
+    aws = {"region_name": "us-east-1", "endpoint_url": MOTO, "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    batch, secretsmanager, logs = (boto3.client(s, **aws) for s in ("batch", "secretsmanager", "logs"))
+    role = boto3.client("iam", **aws).get_role(RoleName=batch_queue)["Role"]["Arn"]
+    marker = f"double-value-{os.urandom(4).hex()}"
+    value = f"{marker}\n\"quoted\" ü"
+    secret = secretsmanager.create_secret(Name=f"airflow-infra-double/{os.urandom(4).hex()}", SecretString=value)["ARN"]
+
+    def run_job(**role_arn: str) -> dict:
+        props = {
+            "image": "airflow-infra/base:bookworm", "command": ["python3", "-c", "import os; print(ascii(os.environ['INJECTED']))"],
+            "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "128"}],
+            "secrets": [{"name": "INJECTED", "valueFrom": secret}], **role_arn,
+        }
+        definition = batch.register_job_definition(jobDefinitionName="airflow-infra-double", type="container", containerProperties=props)
+        job_id = batch.submit_job(jobName="double", jobQueue=batch_queue, jobDefinition=definition["jobDefinitionArn"])["jobId"]
+        deadline = time.monotonic() + 120
+        while (job := batch.describe_jobs(jobs=[job_id])["jobs"][0])["status"] not in ("SUCCEEDED", "FAILED"):
+            assert time.monotonic() < deadline, job["status"]
+            time.sleep(0.3)
+        batch.deregister_job_definition(jobDefinition=definition["jobDefinitionArn"])
+        return job
+
+    job = run_job(executionRoleArn=role)
+    assert job["status"] == "SUCCEEDED", job.get("statusReason")
+    printed = logs.get_log_events(logGroupName="/aws/batch/job", logStreamName=job["container"]["logStreamName"])["events"]
+    assert [e["message"] for e in printed] == [ascii(value)]
+    assert marker not in str(job)  # DescribeJobs shows no value
+    job = run_job()
+    assert job["status"] == "FAILED" and "no executionRoleArn" in job["statusReason"]
+    assert job["statusReason"].startswith("ResourceInitializationError: unable to pull secrets")
+    secretsmanager.delete_secret(SecretId=secret, ForceDeleteWithoutRecovery=True)
+    job = run_job(executionRoleArn=role)
+    assert job["status"] == "FAILED" and "unable to retrieve secret from asm" in job["statusReason"]

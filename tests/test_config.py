@@ -129,6 +129,8 @@ HOSTILE_YAML = [
     ("targets: {gpu: {kind: batch, job_queue: q, region: 'mars-1'}}\n", "region"),
     ("targets: {gpu: {kind: batch, job_queue: 'q;rm', region: us-east-1}}\n", "job_queue"),
     ("targets: {gpu: {kind: batch, job_queue: q, poll_interval: 0}}\n", "poll_interval"),
+    ("targets: {gpu: {kind: batch, job_queue: q, execution_role_arn: 'arn:aws:iam::1:role/x'}}\n", "execution_role_arn"),
+    ("targets: {gpu: {kind: batch, job_queue: q, job_role_arn: \"arn:aws:iam::123456789012:role/x\\n\"}}\n", "job_role_arn"),
     ("rules: [{when: 'memory > 1e999', target: local}]\n", "bad value for memory"),
     ("builder: ''\n", "builder"),
     ("targets: {k8s: {kind: kubernetes, image_pull_secrets: ['a b']}}\n", "image_pull_secrets"),

@@ -1,16 +1,17 @@
 """Airflow connections inside infra tasks (issue 18): declared, looked up when the task runs,
-delivered by the local and docker targets, and found nowhere else.
+delivered by the local, docker, kubernetes and batch targets, and found nowhere else.
 
 The integration tests plant distinctive values in connections through the run's
 AIRFLOW_CONN_* variables (JSON form), then look for them in the artifact store, the task
-log, `docker inspect` and every process's environment and command line while the call
-holds them: no hits. The function reports digests of what it saw, which must match."""
+log, `docker inspect`, every process's environment and command line, pods, and Batch job
+definitions and job descriptions, while the call holds them and after: no hits. The function reports digests of what it saw, which must match."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -113,11 +114,40 @@ def test_connections_are_declared_on_the_decorator_the_operator_and_the_mapped_f
 def test_a_target_that_cannot_deliver_connections_refuses_the_call_before_anything_runs():
     from airflow_infra.pipeline.connections import require_delivery
     from airflow_infra.targets import get_kind
+    from airflow_infra.targets.contract import Runner, TargetConfig
 
-    with pytest.raises(InfraSpecError, match="target 'aws' \\(kind 'batch'\\) cannot deliver Airflow connections"):
-        require_delivery(get_kind("batch").load_runner(), "aws", "batch", ["db"], "DAG 'd', task 't'")
+    class Silent(Runner):  # a kind that does not deliver them (delivers_connections left False)
+        kind = "silent"
+
+    with pytest.raises(InfraSpecError, match="target 'x' \\(kind 'silent'\\) cannot deliver Airflow connections to a task: its kind cannot"):
+        require_delivery(Silent, TargetConfig(kind="silent"), "x", "silent", ["db"], "DAG 'd', task 't'")
+    require_delivery(Silent, TargetConfig(kind="silent"), "x", "silent", [], "DAG 'd', task 't'")
+    batch = get_kind("batch")
+    # Batch reads a job's secrets with its execution role: a batch target without one refuses.
+    with pytest.raises(InfraSpecError, match="target 'aws' \\(kind 'batch'\\) .* has no `execution_role_arn`"):
+        require_delivery(batch.load_runner(), batch.schema(kind="batch", job_queue="q"), "aws", "batch", ["db"], "DAG 'd', task 't'")
+    role = batch.schema(kind="batch", job_queue="q", execution_role_arn="arn:aws:iam::123456789012:role/exec")
+    require_delivery(batch.load_runner(), role, "aws", "batch", ["db"], "DAG 'd', task 't'")
     for kind in ("local", "docker", "kubernetes"):
-        require_delivery(get_kind(kind).load_runner(), kind, kind, ["db"], "DAG 'd', task 't'")
+        require_delivery(get_kind(kind).load_runner(), TargetConfig(kind=kind), kind, kind, ["db"], "DAG 'd', task 't'")
+
+
+def test_batch_secret_names_are_one_per_call_safe_and_injective():
+    from types import SimpleNamespace
+
+    from airflow_infra.targets.batch.secrets import secret_name
+
+    def name(dag="d", task="t", run="manual__2026-11-29T19:45:32+00:00", map_index=-1, try_number=1):
+        return secret_name(SimpleNamespace(dag_id=dag, task_id=task, run_id=run, map_index=map_index, try_number=try_number))
+
+    assert name() == "airflow-infra/d/t/manual__2026-11-29T19@3a45@3a32+00@3a00/-1/1"
+    # What Secrets Manager allows, at most 512 characters, for any run id.
+    for run in ("a/b", "a@2fb", "ü ~`$(x)\n'\"", "x" * 600):
+        assert re.fullmatch(r"[A-Za-z0-9/_+=.@-]{1,512}", name(run=run)), name(run=run)
+    # Distinct calls, distinct names: '/' and '@' inside a part are escaped.
+    names = [name(run="a/b"), name(run="a@2fb"), name(task="a", run="b"), name(run="x" * 600), name(run="x" * 601),
+             name(map_index=0), name(try_number=2), name(dag="d.g"), name(dag="d_g")]
+    assert len(set(names)) == len(names)
 
 
 def test_a_missing_connection_is_named(monkeypatch):
@@ -185,13 +215,13 @@ def _files_holding(root: Path, secrets: list[bytes]) -> list[str]:
     return found
 
 
-def _run_holding(dags, env: dict[str, str], look):
-    """Run infra_connections; while reads_them holds its connections, call look(call_pid)."""
+def _run_holding(dags, env: dict[str, str], look, dag_id: str = "infra_connections"):
+    """Run dag_id; while its connection-reading task holds them, call look(call_pid)."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(900)
     result = {}
     runner = threading.Thread(
-        target=lambda: result.setdefault("run", dags.test("infra_connections", conf={"port": listener.getsockname()[1]}, env=env, timeout=900))
+        target=lambda: result.setdefault("run", dags.test(dag_id, conf={"port": listener.getsockname()[1]}, env=env, timeout=900))
     )
     runner.start()
     seen = None
@@ -279,14 +309,20 @@ def test_docker_calls_get_their_connections_over_stdin_never_in_docker_inspect(d
 
 @pytest.mark.integration
 def test_a_missing_connection_or_a_target_that_cannot_deliver_fails_the_task_before_anything_is_submitted(dags, docker_yaml):
-    docker_yaml("  aws-batch: {kind: batch, job_queue: q}\n")
+    docker_yaml(
+        "  aws-batch: {kind: batch, job_queue: q}\n"
+        "  aws-batch-role: {kind: batch, job_queue: q, execution_role_arn: 'arn:aws:iam::123456789012:role/exec'}\n"
+    )
     _, env = _planted()
     run = dags.test("infra_connections_missing", env=env)
     assert not run.succeeded
     assert "DAG 'infra_connections_missing', task 'never_runs': connections: no Airflow connection 'no_such_connection'" in run.output
     assert (
         "DAG 'infra_connections_missing', task 'on_batch': connections=['planted_session_db']: "
-        "target 'aws-batch' (kind 'batch') cannot deliver Airflow connections"
+        "target 'aws-batch' (kind 'batch') cannot deliver Airflow connections to a task: it has no `execution_role_arn`"
+    ) in run.output
+    assert (
+        "DAG 'infra_connections_missing', task 'missing_on_batch': connections: no Airflow connection 'no_such_connection'"
     ) in run.output
     assert not (run.artifacts / "infra_connections_missing").exists()  # no call was packaged, let alone run
 
@@ -329,6 +365,165 @@ def test_kubernetes_calls_get_their_connections_from_a_secret_owned_by_the_pod(d
     listed = requests.get(f"{FAKE_API}/api/v1/namespaces/ml/secrets/{json.loads(seen['pod'])['metadata']['name']}-connections", timeout=5)
     assert listed.status_code == 404  # deleted when the task ended
     assert pods_gone("reads-them") and pods_gone("mapped")
+
+
+def _hostile(tag: str) -> dict:
+    """A connection whose values hold what breaks naive quoting: newlines, quotes, shell and
+    JSON syntax, backslashes, unicode beyond the BMP. Each holds a plain marker to look for."""
+    marker = f"planted-hostile-{tag}"
+    return {
+        "conn_type": "generic", "host": f"db.ü.example\n{marker}-host",
+        "login": f"us'er \"{marker}-login\" $(id) `id` ; --",
+        "password": f"line one\nline \"two\"\r\n\ttab {marker}-password \\ \\n \\u0041 ü 中文 😀 '}}{{",
+        "schema": f"s;chema\nDROP {marker}-schema",
+        "extra": {"token": f"{marker}-extra\n\"}}", "nested": {"ü": ["😀", "\\", None, 1.5]}},
+    }
+
+
+@pytest.mark.integration
+def test_batch_calls_get_their_connections_from_a_secret_of_their_own(dags, docker_yaml, moto_s3, batch_queue):
+    """A Secrets Manager secret per call, referenced from a job definition revision of its own,
+    which Batch injects as a variable (on moto: dev/moto_server.py, the ECS agent's stand-in)
+    and the runtime unsets. While the job holds them, and after: no value in any job
+    definition, the job's description (its overrides, environment, parameters), the S3 store
+    (call.json included), the task log; when the task ends the secret and the revision are gone."""
+    from types import SimpleNamespace
+
+    import boto3
+
+    from airflow_infra.client import Client
+    from airflow_infra.targets.batch.secrets import secret_name
+
+    aws = {"region_name": "us-east-1", "endpoint_url": MOTO, "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    batch, secretsmanager, s3 = (boto3.client(service, **aws) for service in ("batch", "secretsmanager", "s3"))
+    role = boto3.client("iam", **aws).get_role(RoleName=batch_queue)["Role"]["Arn"]  # conftest's, named like the queue
+    # No pass_credentials: the job's only AWS keys are the declared aws connection's.
+    # Deferrable: the secret and revision are released by the attempt that resumes, from the
+    # stored handle (the harder path), and it is half the time of BatchOperator's blocking wait.
+    docker_yaml(
+        f"  gpu: {{kind: batch, job_queue: {batch_queue}, region: us-east-1, poll_interval: 1, deferrable: true, "
+        f"execution_role_arn: '{role}'}}\n"
+        f"artifacts: {moto_s3}\n"
+    )
+    values, env = _planted()
+    hostile = _hostile(values["login"].rpartition("-")[2])
+    env["AIRFLOW_CONN_PLANTED_HOSTILE"] = json.dumps(hostile)
+    markers = [v.encode() for v in values.values()] + [f"planted-hostile-{values['login'].rpartition('-')[2]}".encode()]
+
+    def call_secrets() -> list[dict]:
+        listed = secretsmanager.get_paginator("list_secrets").paginate(IncludePlannedDeletion=True)
+        return [s for page in listed for s in page["SecretList"] if s["Name"].startswith("airflow-infra/infra_connections_batch/")]
+
+    def definitions(status: str) -> list[dict]:
+        listed = batch.get_paginator("describe_job_definitions").paginate(status=status)
+        return [d for page in listed for d in page["jobDefinitions"] if d["jobDefinitionName"].startswith("airflow-infra-gpu")]
+
+    def with_secrets(status: str) -> list[dict]:
+        return [d for d in definitions(status) if d["containerProperties"].get("secrets")]
+
+    def our_jobs() -> list[dict]:
+        ids = [j["jobId"] for status in ("RUNNING", "SUCCEEDED", "FAILED")
+               for j in batch.list_jobs(jobQueue=batch_queue, jobStatus=status)["jobSummaryList"]
+               if j["jobName"].startswith("infra_connections_batch")]
+        return batch.describe_jobs(jobs=ids)["jobs"] if ids else []
+
+    def look(_pid: int) -> dict:
+        return {"secrets": call_secrets(), "definitions": with_secrets("ACTIVE"), "jobs": our_jobs()}
+
+    jobs_before = {j["jobId"] for j in our_jobs()}
+    run, seen = _run_holding(dags, {**env, "AIRFLOW_INFRA_TARGET": "gpu"}, look, "infra_connections_batch")
+    assert run.succeeded, run.output[-4000:]
+
+    # While the job ran: one secret, named after the call, and one definition revision using it.
+    call = SimpleNamespace(dag_id="infra_connections_batch", task_id="on_batch", run_id=run.run_id, map_index=-1, try_number=1)
+    assert [s["Name"] for s in seen["secrets"]] == [secret_name(call)]
+    assert {"Key": "airflow-infra-purpose", "Value": "call-connections"} in seen["secrets"][0]["Tags"]
+    (definition,) = seen["definitions"]
+    assert definition["containerProperties"]["secrets"] == [{"name": "AIRFLOW_INFRA_CONNECTIONS_JSON", "valueFrom": seen["secrets"][0]["ARN"]}]
+    assert definition["containerProperties"]["executionRoleArn"] == role
+    assert {"name": "AIRFLOW_INFRA_CONNECTIONS", "value": "env:AIRFLOW_INFRA_CONNECTIONS_JSON"} in definition["containerProperties"]["environment"]
+    (job,) = [j for j in seen["jobs"] if j["jobId"] not in jobs_before]
+    assert job["jobDefinition"] == definition["jobDefinitionArn"] and job["status"] == "RUNNING"
+
+    # The function saw every value intact, the aws one as AWS_* (it read its call from S3 with them).
+    result = Client(moto_s3).run("infra_connections_batch", run.run_id)["on_batch"].result
+    assert (result["host"], result["port"]) == ("db.internal", 5439)
+    assert (result["login"], result["password"]) == (digest(values["login"]), digest(values["password"]))
+    assert result["hostile"] == {name: digest(hostile[name]) for name in ("login", "password", "host", "schema")}
+    assert result["hostile_extra"] == digest(json.dumps(hostile["extra"], sort_keys=True))
+    assert result["aws"] == {
+        "AWS_ACCESS_KEY_ID": digest(values["aws_key"]), "AWS_SECRET_ACCESS_KEY": digest(values["aws_secret"]),
+        "AWS_SESSION_TOKEN": digest(values["aws_token"]), "AWS_ENDPOINT_URL": digest(MOTO),
+        "AWS_DEFAULT_REGION": digest("us-east-1"),  # the job's environment sets it: what the target says wins
+    }
+    # Unset before the function ran: neither it nor the processes it starts have the variable.
+    assert result["variables"] == [] and result["child_variables"] == []
+
+    # Nowhere else: the definitions (all revisions, either status), the job's description
+    # (containerOverrides, environment, parameters), the S3 store, the task log.
+    described = json.dumps([definitions("ACTIVE"), definitions("INACTIVE"), seen["jobs"], our_jobs()], default=str).encode()
+    assert not [m for m in markers if m in described]
+    assert job["parameters"] == {} and all("AIRFLOW_INFRA_CONNECTIONS_JSON" not in e["name"] for e in job["container"]["environment"])
+    bucket, _, prefix = moto_s3.removeprefix("s3://aws_default@").partition("/")
+    stored = [v for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=f"{prefix}/infra_connections_batch/")
+              for v in page.get("Versions", [])]
+    assert any(v["Key"].endswith("/call.json") for v in stored)
+    for version in stored:
+        body = s3.get_object(Bucket=bucket, Key=version["Key"], VersionId=version["VersionId"])["Body"].read()
+        assert not [m for m in markers if m in body], version["Key"]
+    assert not _files_holding(HOME / "logs", markers)
+    assert not [m for m in markers if m in run.output.encode()]
+
+    # Released when the task ended: the secret force-deleted, the revision deregistered.
+    assert call_secrets() == []
+    assert with_secrets("ACTIVE") == []
+    assert definition["jobDefinitionArn"] in {d["jobDefinitionArn"] for d in with_secrets("INACTIVE")}
+
+
+@pytest.mark.integration
+def test_killing_a_batch_call_releases_its_secret_and_definition_revision(moto_s3):
+    """A leftover secret of the same try (a crashed attempt) is updated, not duplicated.
+    kill() (on_kill, a timeout) force-deletes the call's secret and deregisters its revision
+    at once, from the handle alone (a fresh runner, as after a deferral); collect() after it
+    finds nothing left to do."""
+    from types import SimpleNamespace
+
+    import boto3
+
+    from airflow_infra.config import InfraConfig
+    from airflow_infra.pipeline.connections import ConnectionValues
+    from airflow_infra.targets.batch import BatchTarget, secrets
+    from airflow_infra.targets.batch.runner import BatchRunner
+    from airflow_infra.targets.contract import Handle
+
+    aws = {"region_name": "us-east-1", "endpoint_url": MOTO, "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    batch, secretsmanager = boto3.client("batch", **aws), boto3.client("secretsmanager", **aws)
+    call = SimpleNamespace(dag_id="killed", task_id="t", run_id=os.urandom(4).hex(), map_index=-1, try_number=1, where="DAG 'killed', task 't'")
+    name = secrets.secret_name(call)
+    call.connections = ConnectionValues({"db": {"password": "first"}})
+    secret = secrets.create_secret(secretsmanager, call, {"team": "ml"})
+    call.connections = ConnectionValues({"db": {"password": "second"}})
+    assert secrets.create_secret(secretsmanager, call, {"team": "ml"}) == secret
+    assert json.loads(secretsmanager.get_secret_value(SecretId=secret)["SecretString"]) == {"db": {"password": "second"}}
+    tags = {t["Key"]: t["Value"] for t in secretsmanager.describe_secret(SecretId=secret)["Tags"]}
+    assert tags == {"team": "ml", "airflow-infra-purpose": "call-connections"}
+    call.connections = ConnectionValues({"db": {"password": "x" * secrets.MAX_VALUE}})
+    with pytest.raises(InfraTaskFailed, match="DAG 'killed', task 't': connections: their values take .* more than the 65536"):
+        secrets.create_secret(secretsmanager, call, {})
+    definition = batch.register_job_definition(
+        jobDefinitionName="airflow-infra-killed", type="container",
+        containerProperties={"image": "x", "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "512"}]},
+    )["jobDefinitionArn"]
+    target = BatchTarget(kind="batch", job_queue="q", region="us-east-1", execution_role_arn="arn:aws:iam::123456789012:role/exec")
+    runner = BatchRunner("gpu", target, InfraConfig())
+    handle = Handle("batch", "gpu", "", "s3://b/f", {"secret": secret, "definition": definition})
+    runner.kill(handle)
+    assert handle.details == {"killed": True}
+    runner.collect(None, handle)  # nothing left to release
+    listed = secretsmanager.list_secrets(IncludePlannedDeletion=True)["SecretList"]
+    assert name not in {s["Name"] for s in listed}  # force-deleted: no recovery window
+    (described,) = batch.describe_job_definitions(jobDefinitions=[definition])["jobDefinitions"]
+    assert described["status"] == "INACTIVE"
 
 
 def test_an_aws_connection_never_displaces_a_pods_own_identity(monkeypatch):

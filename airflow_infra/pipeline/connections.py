@@ -6,6 +6,8 @@ target kind delivers them its own way (Runner.delivers_connections says it can):
   local    in the request the warm runtime server forks the call from (a socket, in memory)
   docker   written to the container's standard input once it has started
   kubernetes  a short-lived Secret per call, owned by the pod, mounted read-only (targets/kubernetes/secrets.py)
+  batch    a Secrets Manager secret per call, referenced from a job definition revision of
+           its own, which Batch injects as a variable the runtime unsets (targets/batch/secrets.py)
 A kind that cannot deliver them refuses the call before anything is built or submitted.
 """
 
@@ -73,11 +75,18 @@ def resolve_connections(conn_ids: Iterable[str], where: str) -> ConnectionValues
     return ConnectionValues(values)
 
 
-def require_delivery(runner_class: type, target: str, kind: str, conn_ids: list[str], where: str) -> None:
+def require_delivery(runner_class: type, target_config: Any, target: str, kind: str, conn_ids: list[str], where: str) -> None:
     """Refuse, before anything is built or submitted, a call whose target cannot deliver its
-    connections: the function would run without them."""
-    if conn_ids and not getattr(runner_class, "delivers_connections", False):
+    connections (its kind cannot, or this target lacks a setting it needs): the function
+    would run without them."""
+    if not conn_ids:
+        return
+    if not getattr(runner_class, "delivers_connections", False):
+        refusal = "its kind cannot (local, docker, kubernetes and batch can); pin the task to such a target, or leave connections out"
+    else:
+        refusal = runner_class.connections_refusal(target_config)
+    if refusal:
         raise InfraSpecError(
             f"{where}: connections={conn_ids!r}: target {target!r} (kind {kind!r}) cannot deliver Airflow connections "
-            "to a task yet (local, docker and kubernetes can); pin the task to such a target, or leave connections out"
+            f"to a task: {refusal}"
         )

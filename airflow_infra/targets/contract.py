@@ -140,6 +140,13 @@ class Runner(ABC):
     def __init__(self, name: str, target: TargetConfig, config: InfraConfig):
         self.name, self.target, self.config = name, target, config
 
+    @classmethod
+    def connections_refusal(cls, target: TargetConfig) -> str | None:
+        """Why this target cannot deliver connections although its kind can (a setting it
+        lacks), saying what to set; None when it can. Checked, like delivers_connections,
+        before anything is built, written or submitted."""
+        return None
+
     def prepare(self, call: Call) -> None:
         """Build or find what the call runs in (an environment, an image). Default: nothing."""
 

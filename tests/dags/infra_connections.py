@@ -91,15 +91,56 @@ def infra_connections_missing():
     def never_runs():
         return 1
 
-    # Pinned to a batch target (tests/test_connections.py's infra.yaml has one): that kind
-    # cannot deliver connections yet, so the task fails before any image or job.
+    # Pinned to batch targets (tests/test_connections.py's infra.yaml has them): one without
+    # the execution role Batch reads secrets with, one with it but asked for a connection that
+    # does not exist. Both fail before any image, call or job.
     @infra_task(connections=["planted_session_db"], target="aws-batch")
     def on_batch():
         return 1
 
+    @infra_task(connections=["planted_session_db", "no_such_connection"], target="aws-batch-role")
+    def missing_on_batch():
+        return 1
+
     never_runs()
+    on_batch()
+    missing_on_batch()
+
+
+@dag(schedule=None, catchup=False, tags=["test"])
+def infra_connections_batch():
+    """One call on a batch target: its connections come from a Secrets Manager secret that
+    Batch injects (on moto: dev/moto_server.py, the stand-in for the ECS agent). The job has
+    no AWS keys of its own: it reads its call from the S3 store with the declared aws
+    connection's AWS_* variables."""
+
+    @infra_task(connections=["planted_warehouse", "planted_aws", "planted_hostile"])
+    def on_batch(params=None):
+        import json
+        import subprocess
+        import sys
+
+        if (params or {}).get("port"):
+            with socket.create_connection(("127.0.0.1", int(params["port"])), timeout=600) as hold:
+                hold.sendall(f"{os.getpid()}\n".encode())
+                hold.recv(1)  # the test has looked at the job, its definition and its secret
+        warehouse, hostile = connection("planted_warehouse"), connection("planted_hostile")
+        child = subprocess.run([sys.executable, "-c", "import json, os; print(json.dumps(sorted(os.environ)))"], capture_output=True, text=True)
+        return {
+            "host": warehouse.host,
+            "port": warehouse.port,
+            "login": digest(warehouse.login),
+            "password": digest(warehouse.password),
+            "hostile": {name: digest(getattr(hostile, name)) for name in ("login", "password", "host", "schema")},
+            "hostile_extra": digest(json.dumps(hostile.extra, sort_keys=True)),
+            "aws": {name: digest(os.environ.get(name)) for name in AWS_VARIABLES},
+            "variables": sorted(name for name in os.environ if name.startswith("AIRFLOW_INFRA")),
+            "child_variables": [name for name in json.loads(child.stdout) if name.startswith("AIRFLOW_INFRA")],
+        }
+
     on_batch()
 
 
 infra_connections()
 infra_connections_missing()
+infra_connections_batch()

@@ -18,6 +18,8 @@ class BatchTarget(TargetConfig):
     aws_conn_id: str = "aws_default"
     region: str | None = None
     job_role_arn: str | None = None
+    # The role the ECS agent uses for the job (image pull, logs, secrets): needed by tasks that
+    # declare connections, which reach the job as a Secrets Manager secret.
     execution_role_arn: str | None = None
     platform: Literal["EC2", "FARGATE"] = "EC2"
     # Passed to SubmitJob as is, e.g. {attempts: 3, evaluateOnExit: [{onStatusReason: "Host EC2*", action: RETRY}]}
@@ -38,6 +40,13 @@ class BatchTarget(TargetConfig):
             raise ValueError(f"{value!r} is not a job queue name (letters, digits, '-', '_', at most 128) or ARN")
         return value
 
+    @field_validator("job_role_arn", "execution_role_arn")
+    @classmethod
+    def _role(cls, value: str | None) -> str | None:
+        if value is not None and not _ROLE.fullmatch(value):
+            raise ValueError(f"{value!r} is not an IAM role ARN such as 'arn:aws:iam::123456789012:role/ml-jobs'")
+        return value
+
     @field_validator("region")
     @classmethod
     def _region(cls, value: str | None) -> str | None:
@@ -48,6 +57,7 @@ class BatchTarget(TargetConfig):
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _ARN = re.compile(r"arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-queue/[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_ROLE = re.compile(r"arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}")
 _REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]")
 
 

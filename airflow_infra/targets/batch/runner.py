@@ -3,7 +3,8 @@
 One job definition per image and target options, registered once and reused (a changed
 image registers a new revision); per call, SubmitJob overrides only the command (two
 artifact URIs: the payload stays tiny), resources and environment. The job's container
-reads its call from the artifact store and writes its outputs there itself.
+reads its call from the artifact store and writes its outputs there itself. A call that
+declares connections gets a secret and a definition revision of its own (secrets.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from airflow_infra.artifacts import CALL_FILE
 from airflow_infra.errors import InfraTaskFailed
-from airflow_infra.targets.batch import BatchTarget
+from airflow_infra.targets.batch import BatchTarget, secrets
 from airflow_infra.targets.batch.links import batch_job_url
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
 from airflow_infra.targets.image import prepare_image
@@ -104,9 +105,19 @@ def explain_job(batch_job: dict[str, Any], memory_limit: int) -> str:
 
 class BatchRunner(Runner):
     kind = "batch"
+    delivers_connections = True  # a Secrets Manager secret per call, in a job definition revision of its own (secrets.py)
 
     _reference = ""
     _operator: Any = None
+
+    @classmethod
+    def connections_refusal(cls, target: BatchTarget) -> str | None:
+        if target.execution_role_arn:
+            return None
+        return (
+            "it has no `execution_role_arn`, the role Batch reads a job's secrets with (it needs "
+            f"secretsmanager:GetSecretValue on {secrets.PREFIX}/*); set one in infra.yaml"
+        )
 
     def prepare(self, call: Call) -> None:
         require_object_store(call, self.name, "AWS Batch")
@@ -135,9 +146,10 @@ class BatchRunner(Runner):
 
     def submit(self, call: Call) -> Handle:
         operator = self._make_operator(call)
+        name = _definition_name(self.name, self._reference)
         operator.job_definition = ensure_job_definition(
-            operator.hook.client, _definition_name(self.name, self._reference), self.target, self._reference,
-            call.resources.shm, lambda line: call.log.info("%s", line),
+            operator.hook.client, name, self.target, self._reference, call.resources.shm,
+            lambda line: call.log.info("%s", line),
         )
         operator.container_overrides = {
             "command": [f"{call.folder_uri}/{CALL_FILE}", call.folder_uri],
@@ -146,13 +158,52 @@ class BatchRunner(Runner):
         }
         if call.resources.timeout:
             operator.submit_job_timeout = max(60, int(call.resources.timeout))  # Batch's minimum
+        details: dict[str, Any] = {}  # stored with the handle: a resumed attempt releases them too
         try:
+            if call.connections:
+                details["secret"] = secrets.create_secret(self._secrets_client(), call, self.target.tags)
+                operator.job_definition = details["definition"] = self._call_definition(call, name, details["secret"])
             operator.submit_job(call.context)
-        except Exception as exc:  # noqa: BLE001 - nothing was started: say why
+        except Exception as exc:  # noqa: BLE001 - nothing was started: release what was made, say why
+            self._release(details)
             raise InfraTaskFailed(f"{call.where}: the Batch job could not be submitted: {exc}") from None
         hook = operator.hook
         call.publish_link("batch_job", batch_job_url(operator.job_id, hook.conn_region_name, hook.conn_partition))
-        return Handle(self.kind, self.name, operator.job_id, call.folder_uri)
+        return Handle(self.kind, self.name, operator.job_id, call.folder_uri, details)
+
+    def _call_definition(self, call: Call, name: str, secret_arn: str) -> str:
+        """A revision of the image's job definition for this call alone: the one place Batch
+        takes `secrets` from. Untagged with a fingerprint, so ensure_job_definition never reuses it."""
+        registered = self._operator.hook.client.register_job_definition(
+            jobDefinitionName=name,
+            type="container",
+            containerProperties=secrets.with_secret(
+                container_properties(self.target, self._reference, call.resources.shm), secret_arn
+            ),
+            platformCapabilities=[self.target.platform],
+            tags={**self.target.tags, **secrets.TAGS},
+        )
+        call.log.info("registered job definition %s:%s for this call's connections", name, registered["revision"])
+        return registered["jobDefinitionArn"]
+
+    def _secrets_client(self) -> Any:
+        from airflow.providers.amazon.aws.hooks.secrets_manager import SecretsManagerHook
+
+        return SecretsManagerHook(aws_conn_id=self.target.aws_conn_id, region_name=self.target.region).conn
+
+    def _release(self, details: dict[str, Any]) -> None:
+        """Deregister the call's definition revision and force-delete its secret, once each
+        (popped from the handle: collect after kill finds nothing left to do)."""
+        if details.get("definition"):
+            client = (self._operator.hook if self._operator is not None else self._batch_hook()).client
+            secrets.deregister(client, details.pop("definition"))
+        if details.get("secret"):
+            secrets.delete_secret(self._secrets_client(), details.pop("secret"))
+
+    def _batch_hook(self) -> Any:
+        from airflow.providers.amazon.aws.hooks.batch_client import BatchClientHook
+
+        return BatchClientHook(aws_conn_id=self.target.aws_conn_id, region_name=self.target.region)
 
     def _job_environment(self, call: Call, hook: Any) -> list[dict[str, str]]:
         env = {**call.environment.env, **aws_environment(hook, pass_credentials=self.target.pass_credentials)}
@@ -203,9 +254,15 @@ class BatchRunner(Runner):
             return ""
         return "\n".join(e["message"] for e in events[-lines:])
 
+    def collect(self, call: Call, handle: Handle) -> None:
+        self._release(handle.details)  # the job has ended: Batch has read its secret
+
     def kill(self, handle: Handle) -> None:
         handle.details["killed"] = True
         operator = self._operator
-        if operator is not None and handle.id:
-            operator.job_id = handle.id
-            operator.on_kill()  # terminates the job
+        try:
+            if operator is not None and handle.id:
+                operator.job_id = handle.id
+                operator.on_kill()  # terminates the job
+        finally:
+            self._release(handle.details)

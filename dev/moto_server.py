@@ -1,0 +1,121 @@
+"""moto's AWS server, plus a stand-in for the one part of the ECS container agent that AWS
+Batch jobs need for `secrets`. A TEST DOUBLE: dev/start-moto.sh starts moto through this file.
+
+What moto (5.2) does with a container job definition's `secrets` ([{name, valueFrom}]):
+RegisterJobDefinition stores them and DescribeJobDefinitions returns them, but when its Batch
+backend starts the job's container (a Docker container on the local engine) it passes only
+the definition's and the overrides' `environment`: the secrets never reach the job.
+
+What AWS does: the ECS container agent on the compute instance (or Fargate's agent) resolves
+each `valueFrom` with the job's *execution role* as the container starts, and sets the
+variable `name` to the value. The value never appears in DescribeJobs or the definition.
+Without an execution role the job cannot read them.
+
+What this stand-in does, when moto starts a job container whose definition has `secrets`:
+  - resolves each `valueFrom` that is a Secrets Manager secret ARN (its SecretString; an
+    ARN followed by `:json-key:version-stage:version-id` picks a key or a version, as ECS
+    allows) from moto's own Secrets Manager backend, and adds `name=value` to the
+    container's environment only: moto's DescribeJobs output stays as it was;
+  - fails the job at start, with a status reason in ECS's words
+    (`ResourceInitializationError: ...`), when the definition has no `executionRoleArn`, or
+    a reference cannot be resolved (no such secret, deleted, binary, not a Secrets Manager ARN).
+
+What it does not do: evaluate IAM (moto checks no policy, so the execution role's
+secretsmanager:GetSecretValue permission is not tested here), KMS decryption, SSM Parameter
+Store references (airflow-infra does not use them; they fail the job here), `secretOptions`
+of a log configuration, or re-reading a secret for a retried attempt (moto does not retry).
+
+Nothing in airflow_infra knows of this file: the provider registers `secrets` exactly as it
+would on AWS, and only this double turns them into the job's environment.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from moto.batch import models as batch
+from moto.secretsmanager.models import secretsmanager_backends
+
+
+class SecretNotInjected(Exception):
+    """A `secrets` entry the agent could not resolve: the job fails before its container starts."""
+
+
+def resolve(reference: str) -> str:
+    """The value ECS would inject for one `valueFrom`."""
+    parts = reference.split(":")  # secret names cannot hold ':', so the ARN is its first 7 parts
+    if len(parts) < 7 or parts[0] != "arn" or parts[2] != "secretsmanager" or parts[5] != "secret":
+        raise SecretNotInjected(f"{reference!r} is not a Secrets Manager secret ARN (the only kind this double resolves)")
+    arn, (json_key, stage, version) = ":".join(parts[:7]), (parts[7:] + ["", "", ""])[:3]
+    region, account = parts[3], parts[4]
+    try:
+        answer = secretsmanager_backends[account][region].get_secret_value(arn, version or None, stage or None)
+    except Exception as exc:  # noqa: BLE001 - what Secrets Manager said is the reason
+        raise SecretNotInjected(f"unable to retrieve secret from asm: {type(exc).__name__}: {exc}") from None
+    if "SecretString" not in answer:
+        raise SecretNotInjected(f"secret {arn} holds binary data; only SecretString secrets can be injected")
+    value = answer["SecretString"]
+    if json_key:
+        try:
+            value = json.loads(value)[json_key]
+        except (ValueError, KeyError, TypeError):
+            raise SecretNotInjected(f"secret {arn} has no JSON key {json_key!r}") from None
+        value = value if isinstance(value, str) else json.dumps(value)
+    return value
+
+
+def injected_environment(job: batch.Job) -> dict[str, str]:
+    props = job.job_definition.container_properties or {}
+    secrets = props.get("secrets") or []
+    if secrets and not props.get("executionRoleArn"):
+        raise SecretNotInjected("the job definition has `secrets` but no executionRoleArn, the role the agent reads them with")
+    return {entry["name"]: resolve(entry["valueFrom"]) for entry in secrets}
+
+
+class _Containers:
+    """moto's `docker_client.containers`, whose run() starts the container with the secrets
+    set, resolved at that moment (as the agent does, after the job left RUNNABLE)."""
+
+    def __init__(self, containers: Any, job: batch.Job):
+        self._containers, self._job = containers, job
+
+    def run(self, **kwargs: Any) -> Any:
+        try:
+            secrets = injected_environment(self._job)
+        except SecretNotInjected as exc:
+            self._job.job_stopped_reason = f"ResourceInitializationError: unable to pull secrets: {exc}"
+            raise
+        return self._containers.run(**{**kwargs, "environment": {**kwargs.get("environment", {}), **secrets}})
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._containers, name)
+
+
+class _AgentDockerClient:
+    def __init__(self, client: Any, job: batch.Job):
+        self._client, self.containers = client, _Containers(client.containers, job)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+_moto_run = batch.Job.run
+
+
+def _run_with_secrets(self: batch.Job) -> None:
+    if (self.job_definition.container_properties or {}).get("secrets"):
+        # DockerModel keeps its client in this (name-mangled) attribute; the job's thread
+        # uses it for everything, and only containers.run changes.
+        self._DockerModel__docker_client = _AgentDockerClient(self.docker_client, self)
+    _moto_run(self)
+
+
+batch.Job.run = _run_with_secrets
+
+
+if __name__ == "__main__":
+    from moto.server import main
+
+    sys.exit(main(sys.argv[1:]))

@@ -45,6 +45,12 @@ def test_an_oom_killed_try_is_retried_with_double_the_memory_up_to_the_cap(dags,
     assert "escalated" not in run.call("per_index", 0)
     assert run.result("per_index", 1) == 90 << 20
     assert run.call("per_index", 1)["try_number"] == 2 and run.call("per_index", 1)["escalated"]["to"] == "128Mi"
+    # The plugin's runs API shows where the request came from.
+    from airflow_infra.plugin.report import runs
+
+    shown = {(c["task_id"], c["map_index"]): c for c in runs("infra_oom_escalation", limit=1)[0]["calls"]}
+    assert shown[("grows", -1)]["escalated"]["to"] == "128Mi" and shown[("grows", -1)]["requested"]["memory"] == 128 << 20
+    assert shown[("per_index", 0)]["escalated"] is None
     # The first try's record, next to its call.json.
     record = json.loads((run.artifacts / "infra_oom_escalation" / path_component(run.run_id) / "grows" / "-1" / "1" / "oom.json").read_text())
     assert record["oom"] is True and record["memory"] == 64 << 20 and "oom_kill=" in record["evidence"]

@@ -41,11 +41,12 @@ _parse_memory = QUANTITY_PARSERS["memory"]
 
 
 class InfraOutOfMemory(InfraTaskFailed):
-    """The call was killed for memory, as its target reported it (targets.oom.OutOfMemory)."""
+    """The call was killed for memory, as its target reported it (targets.oom.OutOfMemory).
+    `memory`: the request it ran with (bytes; None: it declared none)."""
 
-    def __init__(self, message: str, limit: int | None):
+    def __init__(self, message: str, memory: int | None):
         super().__init__(message)
-        self.limit = limit
+        self.memory = memory
 
 
 def check_on_oom(value: Any, dag_id: str | None, task_id: str | None, retries: Any, memory: Any) -> None:
@@ -159,9 +160,9 @@ def _read(store: ArtifactStore, path: Any) -> int | None:
         record = store.read_json(path)
     except ValueError:
         record = None
-    if not (isinstance(record, dict) and set(record) <= {"oom", "memory", "evidence", "try_number"} and record.get("oom") is True):
+    if not (isinstance(record, dict) and set(record) <= {"oom", "memory", "limit", "evidence", "try_number"} and record.get("oom") is True):
         raise InfraStoreError(f"refusing {store.uri(path)}: it is not an out-of-memory record this provider writes")
-    if record.get("memory") is None:  # it ran with no limit of its own: nothing to double
+    if record.get("memory") is None:  # it ran with no memory request: nothing to double
         return None
     return _memory(record["memory"], path)
 
@@ -176,9 +177,13 @@ def _memory(value: Any, where_from: Any) -> int:
 
 
 def record_oom(call: Call, limit: int | None, evidence: str) -> None:
-    """Written before the try fails, so the next try can escalate (and the runs API shows it)."""
+    """Written before the try fails, so the next try can escalate (and the runs API shows it).
+    `memory` is the request the call ran with, which escalation doubles; `limit` what the
+    target enforced (None where it set none: a pod without a memory limit ran short on its node,
+    and a larger request still helps, by placing it where more is free)."""
     call.store.write_json(
-        call.folder / OOM_FILE, {"oom": True, "memory": limit, "evidence": evidence[:500], "try_number": call.try_number}
+        call.folder / OOM_FILE,
+        {"oom": True, "memory": call.resources.memory, "limit": limit, "evidence": evidence[:500], "try_number": call.try_number},
     )
 
 
@@ -188,10 +193,10 @@ def advise_on_oom(policy: Policy | None, try_number: int, retries: int | None) -
     try:
         yield
     except InfraOutOfMemory as exc:
-        said = advice(policy, exc.limit, try_number, retries)
+        said = advice(policy, exc.memory, try_number, retries)
         if not said:
             raise
-        raise InfraOutOfMemory(f"{exc}{said}", exc.limit) from None
+        raise InfraOutOfMemory(f"{exc}{said}", exc.memory) from None
 
 
 def advice(policy: Policy | None, ran_with: int | None, try_number: int, retries: int | None) -> str:

@@ -97,7 +97,7 @@ class Execution:
         if isinstance(explanation, OutOfMemory):  # the target reported an out-of-memory kill
             # Recorded before the try fails: the next try reads it to escalate (pipeline.escalation).
             record_oom(call, explanation.limit, explanation.evidence)
-            raise InfraOutOfMemory(f"{call.where}: {explanation}", explanation.limit) from None
+            raise InfraOutOfMemory(f"{call.where}: {explanation}", call.resources.memory) from None
         raise InfraTaskFailed(f"{call.where}: {explanation}") from None
 
 

@@ -8,17 +8,11 @@ import json
 import pytest
 
 from airflow_infra.artifacts import path_component
+from tests.dagrun import bigmem_rules
 
 pytestmark = pytest.mark.integration
 
-ESCALATION_YAML = """
-targets:
-  bigmem: {kind: local}
-rules:
-  - {when: "memory > 100Mi", target: bigmem}
-  - {target: local}
-oom: {max_memory: 128Mi}
-"""
+ESCALATION_YAML = bigmem_rules("100Mi") + "oom: {max_memory: 128Mi}\n"
 
 
 def test_an_oom_killed_try_is_retried_with_double_the_memory_up_to_the_cap(dags, infra_yaml):

@@ -125,3 +125,10 @@ def test_on_oom_needs_memory_and_retries_in_every_form():
                     fit.expand(x=[1])
                 else:
                     InfraOperator.partial(task_id="c", python_callable=len, memory="1Gi", on_oom="double").expand(op_args=[[[1]]])
+
+
+def test_a_resumed_try_reads_its_policy_back_from_call_json():
+    """A deferred try (kubernetes, batch) resumes in execute_complete with call.json's policy."""
+    assert Policy.from_json(POLICY.to_json()) == POLICY
+    for broken in (None, {}, {"on_oom": "triple"}, {"on_oom": "double", "declared": "lots", "cap": "1Gi", "cap_source": "x"}):
+        assert Policy.from_json(broken) is None

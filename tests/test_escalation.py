@@ -34,6 +34,7 @@ def test_the_policy_a_declared_value_wins_and_the_cap_is_4x_without_max_memory()
     assert platform.on_oom == "double" and platform.cap == 1024 * MI and platform.cap_source == "infra.yaml oom.max_memory"
     assert policy_for(None, None, config(on_oom="double"), LOG) is None  # nothing declared to double
     assert policy_for("double", "2Gi", config(max_memory="1Gi"), LOG).cap == 2048 * MI  # never below the declared request
+    assert policy_for("double", "lots", config(), LOG) is None  # planning reports a bad rendered memory, with DAG and task
 
 
 def test_doubling_stops_at_the_cap():
@@ -130,5 +131,7 @@ def test_on_oom_needs_memory_and_retries_in_every_form():
 def test_a_resumed_try_reads_its_policy_back_from_call_json():
     """A deferred try (kubernetes, batch) resumes in execute_complete with call.json's policy."""
     assert Policy.from_json(POLICY.to_json()) == POLICY
-    for broken in (None, {}, {"on_oom": "triple"}, {"on_oom": "double", "declared": "lots", "cap": "1Gi", "cap_source": "x"}):
+    odd = Policy("double", 100_000_000, 400_000_000, "x")  # no whole number of Mi: the bytes are kept
+    assert Policy.from_json(odd.to_json()) == odd
+    for broken in (None, {}, {"on_oom": "triple"}, {"on_oom": "double", "declared_bytes": "lots", "cap_bytes": 1 << 30, "cap_source": "x"}):
         assert Policy.from_json(broken) is None

@@ -88,8 +88,9 @@ class Policy:
         return min(max(2 * ran_with, self.declared), self.cap)
 
     def to_json(self) -> dict[str, Any]:
+        # Bytes too: format_bytes rounds a size that is no whole number of its unit.
         return {"on_oom": self.on_oom, "declared": format_bytes(self.declared), "cap": format_bytes(self.cap),
-                "cap_source": self.cap_source}
+                "declared_bytes": self.declared, "cap_bytes": self.cap, "cap_source": self.cap_source}
 
     @classmethod
     def from_json(cls, data: Any) -> Policy | None:
@@ -97,8 +98,8 @@ class Policy:
         if not isinstance(data, dict) or data.get("on_oom") not in ON_OOM_VALUES:
             return None
         try:
-            return cls(data["on_oom"], _parse_memory(data["declared"]), _parse_memory(data["cap"]), str(data["cap_source"])[:80])
-        except (KeyError, ValueError):
+            return cls(data["on_oom"], _parse_memory(data["declared_bytes"]), _parse_memory(data["cap_bytes"]), str(data["cap_source"])[:80])
+        except (KeyError, TypeError, ValueError):
             return None  # only the advice in the error is lost; the next try decides from the record
 
 
@@ -110,7 +111,10 @@ def policy_for(declared_on_oom: str | None, memory: Any, config: InfraConfig, lo
     if memory is None:  # only a platform policy gets here: a declared on_oom needs memory (parse time)
         log.info("on_oom=%r (infra.yaml) not applied: the task declares no `memory` to escalate", on_oom)
         return None
-    declared = _parse_memory(memory)
+    try:
+        declared = _parse_memory(memory)
+    except ValueError:  # a rendered value that is no memory: planning reports it, naming DAG, task and field
+        return None
     if config.oom.max_memory is not None:
         cap, source = max(config.oom.max_memory, declared), "infra.yaml oom.max_memory"
     else:

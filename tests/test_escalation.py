@@ -87,8 +87,13 @@ def test_a_record_that_is_not_what_the_pipeline_writes_is_refused(store, record)
 
 
 def test_a_record_that_is_not_json_is_refused(store):
-    store.write_bytes(folder(store, 1) / OOM_FILE, b"\xff not json")
+    path = folder(store, 1)
+    store.write_bytes(path / OOM_FILE, b"\xff not json")
     with pytest.raises(InfraStoreError, match="not an out-of-memory record"):
+        previous_try(store, "d", "r:1", "t", -1, 2, POLICY)
+    store.remove_tree(path / OOM_FILE)
+    store.write_bytes(path / CALL_META_FILE, b"{ not json")
+    with pytest.raises(InfraStoreError, match="call.json: it is not JSON"):
         previous_try(store, "d", "r:1", "t", -1, 2, POLICY)
 
 

@@ -149,7 +149,10 @@ def previous_try(store: ArtifactStore, dag_id: str, run_id: str, task_id: str, m
         return Escalation(policy.next_request(record), record, before, True)
     if not store.exists(folder / CALL_META_FILE):
         return None
-    meta = store.read_json(folder / CALL_META_FILE)
+    try:
+        meta = store.read_json(folder / CALL_META_FILE)
+    except ValueError:
+        raise InfraStoreError(f"refusing {store.uri(folder / CALL_META_FILE)}: it is not JSON") from None
     if not (isinstance(meta, dict) and isinstance(meta.get("escalated"), dict)):
         return None
     kept = _memory(meta.get("resources", {}).get("memory") if isinstance(meta.get("resources"), dict) else None, folder)

@@ -10,7 +10,7 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -80,6 +80,28 @@ class Rule(BaseModel):
         return None if self.when is None else Condition.compile(self.when)
 
 
+class OomPolicy(BaseModel):
+    """`oom:` in infra.yaml: escalation after an out-of-memory kill (pipeline.escalation).
+    `on_oom` applies to every task that declares `memory` and none of its own; `max_memory`
+    caps every escalation (without it: 4x the task's declared memory)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    on_oom: Literal["double"] | None = None
+    max_memory: int | None = None
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> int | None:
+        from airflow_infra.spec import QUANTITY_PARSERS
+
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(f"{str(value)[:40]!r} is not a memory quantity such as '64Gi'")
+        return QUANTITY_PARSERS["memory"](value)
+
+
 class InfraConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -106,6 +128,7 @@ class InfraConfig(BaseModel):
     # name -> a target of a registered kind, validated by that kind's schema (airflow_infra.targets).
     targets: dict[str, TargetConfig] = {}
     rules: list[Rule] = []
+    oom: OomPolicy = OomPolicy()
 
     @field_validator("registry")
     @classmethod

@@ -10,6 +10,7 @@ from airflow.sdk.bases.decorator import DecoratedOperator, _TaskDecorator
 from airflow.sdk.definitions._internal.contextmanager import DagContext
 
 from airflow_infra.operator import InfraOperator
+from airflow_infra.pipeline.escalation import check_on_oom
 from airflow_infra.pipeline.declaration import check_connections, declaration_from, validate_declaration
 
 
@@ -42,14 +43,18 @@ class _InfraTaskDecorator(_TaskDecorator):
         # The mapped operator gets the flat fields: Airflow would read a grouped
         # `resources=Resources(...)` as BaseOperator's own `resources`.
         flat = attr.evolve(self, kwargs={**kwargs, **declared})
-        return _TaskDecorator._expand(flat, expand_input, strict=strict)
+        mapped = _TaskDecorator._expand(flat, expand_input, strict=strict)
+        # Once mapped: the operator's retries include what the DAG's default_args give.
+        operator = mapped.operator
+        check_on_oom(operator.partial_kwargs.get("on_oom"), getattr(dag, "dag_id", None), task_id, operator.retries, declared.get("memory"))
+        return mapped
 
 
 def infra_task(python_callable: Callable | None = None, multiple_outputs: bool | None = None, **kwargs: Any):
     """Run the function in its own declared environment, on the target the routing rules pick.
 
     Takes InfraOperator's arguments (packages, requirements, apt_packages, python,
-    base_image, env, cpu, memory, gpu, gpu_type, disk, shm, timeout, target, connections, or the grouped
+    base_image, env, cpu, memory, gpu, gpu_type, disk, shm, timeout, target, connections, on_oom, or the grouped
     environment=Environment(...) and resources=Resources(...)) and every BaseOperator one.
     """
 

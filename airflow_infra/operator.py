@@ -20,6 +20,7 @@ from airflow.sdk.definitions.mappedoperator import OperatorPartial
 
 from airflow_infra.errors import InfraSpecError, where
 from airflow_infra.links import ImageLink, RecordedLinks
+from airflow_infra.pipeline.escalation import advise_on_oom, check_on_oom
 from airflow_infra.pipeline.declaration import DECLARED_FIELDS, check_connections, declaration_from, validate_declaration
 from airflow_infra.spec import RESOURCE_FIELDS, Environment, Resources
 from airflow_infra.targets import builtin_links
@@ -74,6 +75,9 @@ class InfraOperator(BaseOperator):
         credentials a task gets is fixed in the DAG file, not chosen by upstream data.
     :param cache: True or a version string: reuse an earlier result when the code, the
         inputs and the environment all match (off by default).
+    :param on_oom: None or "double": after an out-of-memory kill, Airflow's next try asks for
+        double the memory the killed try ran with, up to infra.yaml's oom.max_memory (else 4x
+        the declared memory), and is routed again. Needs `memory` and retries >= 1. Not templated.
     :param templates_dict, templates_exts, show_return_value_in_logs: as for @task.
     """
 
@@ -88,6 +92,7 @@ class InfraOperator(BaseOperator):
     packages = requirements = apt_packages = python = base_image = env = None
     cpu = memory = gpu = gpu_type = disk = shm = timeout = None
     connections: list[str] | None = None
+    on_oom: str | None = None
     _execution = None  # the running call's Execution, while execute() or execute_complete() drives it
 
     def __init__(
@@ -113,6 +118,7 @@ class InfraOperator(BaseOperator):
         target: str = "auto",
         connections: Collection[str] | None = None,
         cache: bool | str = False,
+        on_oom: str | None = None,
         templates_dict: dict[str, Any] | None = None,
         templates_exts: Sequence[str] | None = None,
         show_return_value_in_logs: bool = True,
@@ -145,12 +151,14 @@ class InfraOperator(BaseOperator):
             target=target,
             connections=check_connections(connections, self.dag_id, self.task_id),
             cache=cache,
+            on_oom=on_oom,
             templates_dict=templates_dict,
             show_return_value_in_logs=show_return_value_in_logs,
         )
         if templates_exts:
             self.template_ext = templates_exts
         validate_declaration(declared, target, self.dag if self.has_dag() else None, self.task_id)
+        check_on_oom(on_oom, self.dag_id, self.task_id, self.retries, declared.get("memory"))
         if not (isinstance(cache, bool) or (isinstance(cache, str) and 0 < len(cache) <= 128)):
             raise InfraSpecError(
                 f"{where(self.dag_id, self.task_id)}: cache={cache!r}: use True, False or a version string "
@@ -171,6 +179,8 @@ class InfraOperator(BaseOperator):
         # BaseOperator.partial is a descriptor that refuses instances; its class method bound to this class.
         partial = vars(BaseOperator)["partial"].class_method.__get__(cls, cls)(**kwargs, **declared)
         partial._expand_called = True  # replaced by the copy below, which warns if never mapped
+        # After BaseOperator.partial: it merges the DAG's default_args, which may set retries.
+        check_on_oom(kwargs.get("on_oom"), getattr(dag, "dag_id", None), task_id, partial.kwargs.get("retries"), declared.get("memory"))
         return _InfraPartial(operator_class=partial.operator_class, kwargs=partial.kwargs, params=partial.params)
 
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
@@ -210,21 +220,28 @@ class InfraOperator(BaseOperator):
         from airflow_infra.xcom import keep_references
 
         config = load_config()
-        plan = plan_call(self._declared(), self.target, config, dag_id=self.dag_id, task_id=self.task_id, dag_file=self._dag_file)
+        ti = context["ti"]
+        declared, policy, escalated = self._escalation(config, context)
+        plan = plan_call(declared, self.target, config, dag_id=self.dag_id, task_id=self.task_id, dag_file=self._dag_file)
         self.log.info("target %r: %s", plan.route.target, plan.route.reason)
+        if escalated is not None:
+            self._log_escalation(escalated, policy, plan, config)
         connections = self._connections(plan)  # before anything is written or submitted
         with keep_references():  # a reduce task's lazy sequence is fetched here
             args, kwargs = call_arguments(
                 self.python_callable, self.op_args, self.op_kwargs, context, where(self.dag_id, self.task_id),
                 self.templates_dict,
             )
-        ti = context["ti"]
         packaged = package_call(
             plan, self.python_callable, args, kwargs, store=store_for(config), config=config, run_id=context["run_id"],
             map_index=ti.map_index, try_number=ti.try_number, multiple_outputs=bool(self.multiple_outputs),
             dag_file=self._dag_file, log=self.log, context=context, connections=connections,
         )
         call, meta = packaged.call, packaged.meta
+        if policy is not None:  # call.json says which request ran and where it came from
+            meta["on_oom"] = policy.to_json()
+            if escalated is not None:
+                meta["escalated"] = escalated.to_json(policy.declared)
         key = cache.key_for(self.cache, meta, args, kwargs, bool(self.multiple_outputs))
         if key is not None:
             outcome = cache.serve(call.store, call.folder, meta, key, self.log)
@@ -233,7 +250,41 @@ class InfraOperator(BaseOperator):
         write_meta(packaged)
         self._execution = Execution(plan.runner(config), call)
         self._show_links(call.links)
-        return self._continue(self._execution.start(), meta)
+        with advise_on_oom(policy, ti.try_number, self.retries):
+            return self._continue(self._execution.start(), meta)
+
+    def _escalation(self, config: Any, context: Any) -> tuple[dict[str, Any], Any, Any]:
+        """The declaration this try runs with: the declared one, or its memory escalated after
+        the previous try's out-of-memory kill (pipeline.escalation); the policy; the escalation."""
+        from airflow_infra.pipeline.escalation import policy_for, previous_try
+        from airflow_infra.pipeline.package import store_for
+
+        declared = self._declared()
+        policy = policy_for(self.on_oom, declared.get("memory"), config, self.log)
+        if policy is None:
+            return declared, None, None
+        ti = context["ti"]
+        escalated = previous_try(
+            store_for(config), self.dag_id, context["run_id"], self.task_id, ti.map_index, ti.try_number, policy
+        )
+        if escalated is None or escalated.memory == policy.declared:
+            return declared, policy, None
+        return {**declared, "memory": escalated.memory}, policy, escalated
+
+    def _log_escalation(self, escalated: Any, policy: Any, plan: Any, config: Any) -> None:
+        from airflow_infra.pipeline.plan import plan_call
+        from airflow_infra.quantities import format_bytes
+
+        # Where the declared request would have gone: more memory can move the task.
+        before = plan_call(self._declared(), self.target, config, dag_id=self.dag_id, task_id=self.task_id, dag_file=self._dag_file)
+        moved = (f"routed to target {plan.route.target!r} (was {before.route.target!r})" if before.route.target != plan.route.target
+                 else f"still routed to target {plan.route.target!r}")
+        why = ("out-of-memory kill" if escalated.oom else "failure (kept from that escalated try)")
+        self.log.info(
+            "memory escalated from %s to %s after try %d's %s (on_oom=%r, cap %s); %s",
+            format_bytes(policy.declared), format_bytes(escalated.memory), escalated.after_try, why, policy.on_oom,
+            format_bytes(policy.cap), moved,
+        )
 
     def _connections(self, plan: Any) -> Any:
         """The declared connections' values, looked up now (a missing one fails the task,
@@ -265,7 +316,10 @@ class InfraOperator(BaseOperator):
         )
         self._execution = Execution.reopen(runner_for(meta["target"], config), call)
         self._show_links(call.links)
-        return self._continue(self._execution.resume(event), meta)
+        from airflow_infra.pipeline.escalation import Policy
+
+        with advise_on_oom(Policy.from_json(meta.get("on_oom")), ti.try_number, self.retries):
+            return self._continue(self._execution.resume(event), meta)
 
     def _show_links(self, recorded: dict[str, str]) -> None:
         """Airflow stores a task instance's extra links when it ends, in this process: hand it

@@ -15,14 +15,20 @@ from airflow_infra.client import Call, Client
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Two local targets, so routing decisions show without any remote backend.
-BIGMEM_RULES = """
+
+def bigmem_rules(threshold: str) -> str:
+    """Two local targets, so routing decisions show without any remote backend: tasks that
+    ask for more than `threshold` of memory go to 'bigmem'."""
+    return f"""
 targets:
-  bigmem: {kind: local}
+  bigmem: {{kind: local}}
 rules:
-  - {when: "memory > 1Gi", target: bigmem}
-  - {target: local}
+  - {{when: "memory > {threshold}", target: bigmem}}
+  - {{target: local}}
 """
+
+
+BIGMEM_RULES = bigmem_rules("1Gi")
 
 _RUN_ID = re.compile(r"run_id=(\S+?),")
 

@@ -150,7 +150,26 @@ HOSTILE_YAML = [
     ("image_url: 'javascript:alert(1)//{tag}'\n", "must be an http:// or https:// URL"),
     ("targets: {k8s: {kind: kubernetes, dashboard_url: 'javascript:alert(1)'}}\n", "must be an http:// or https:// URL"),
     ("targets: {k8s: {kind: kubernetes, dashboard_url: 'data:text/html,{name}'}}\n", "must be an http:// or https:// URL"),
+    ("oom: {on_oom: triple}\n", "oom.on_oom"),
+    ('oom: {on_oom: "double\\n"}\n', "oom.on_oom"),
+    ("oom: {on_oom: 2}\n", "oom.on_oom"),
+    ("oom: {max_memory: lots}\n", "oom.max_memory"),
+    ("oom: {max_memory: 1Ki}\n", "oom.max_memory"),
+    ("oom: {max_memory: true}\n", "oom.max_memory"),
+    ("oom: {max_memory: [64Gi]}\n", "oom.max_memory"),
+    ('oom: {max_memory: "64Gi\\n"}\n', "oom.max_memory"),
+    ("oom: {max_memory: 9Ei}\n", "oom.max_memory"),
+    ("oom: {cap: 64Gi}\n", "oom.cap"),
+    ("oom: double\n", "oom"),
 ]
+
+
+def test_the_oom_policy_loads(tmp_path):
+    path = tmp_path / "infra.yaml"
+    path.write_text("oom: {on_oom: double, max_memory: 64Gi}\n")
+    policy = load_config(path).oom
+    assert policy.on_oom == "double" and policy.max_memory == 64 << 30
+    assert load_config(tmp_path / "absent.yaml").oom.on_oom is None  # off unless asked for
 
 
 @pytest.mark.parametrize(("text", "message"), HOSTILE_YAML, ids=[t[:30] for t, _ in HOSTILE_YAML])

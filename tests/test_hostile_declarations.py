@@ -55,6 +55,10 @@ HOSTILE: dict[str, list] = {
         ["a" * 251], ["bad id"], ["a/b"], ["warehouse\n"], ["warehouse\r\nx"], ["x\0"], ["-x"], [".x"], ["x;rm"],
         ["$(id)"], ["`id`"], ["../x"], ["caf\u00e9"], ["warehouse", "warehouse"], ["c"] * 33,
     ],
+    "on_oom": [
+        "triple", 2, "double\n", "Double", "", " double", True, ["double"], {"double": 1}, b"double", 2.0,
+        "{{ params.on_oom }}", "double\0", "halve",
+    ],
     "target": ["Not A Name", "local\n", "a" * 80, "../x", "", "-x", 5, ["local"], None if False else "auto\n"],
 }
 CASES = [(field, value) for field, values in HOSTILE.items() for value in values]

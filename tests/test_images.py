@@ -80,6 +80,13 @@ def test_docker_target_limits_and_clean_image(dags, docker_yaml):
     run = dags.test("infra_docker_limits", env={"AIRFLOW_INFRA_TARGET": "docker"})
     assert run.result("shm_size") == 64 * 2**20
     assert "task 'oom': out of memory: the task hit its memory limit of 128Mi" in run.output
+    # on_oom: the container killed for memory is retried with double the memory, by Airflow's retry.
+    assert "task 'oom_grows': out of memory: the task hit its memory limit of 64Mi" in run.output
+    assert "the Docker engine reports State.OOMKilled" in run.output
+    assert run.result("oom_grows") == 90 << 20
+    escalated = run.call("oom_grows")
+    assert escalated["try_number"] == 2 and escalated["resources"]["memory"] == 128 << 20 and escalated["target"] == "docker"
+    assert escalated["escalated"]["from"] == "64Mi" and escalated["escalated"]["after_try"] == 1
     who = run.result("whoami")
     assert who["airflow"] is False and who["env"] == []  # no Airflow, no settings or secrets inside
     assert who["token_arrived"] is True

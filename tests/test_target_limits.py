@@ -13,6 +13,7 @@ from airflow_infra.config import InfraConfig
 from airflow_infra.errors import InfraTaskFailed
 from airflow_infra.spec import Environment, Resources
 from airflow_infra.targets.contract import Call, Handle, explain_process_end
+from airflow_infra.targets.oom import OutOfMemory
 
 SENTENCE = "out of memory: the task hit its memory limit of 64Mi and was killed ("
 
@@ -33,10 +34,12 @@ def test_local_and_docker_say_out_of_memory_only_on_the_kernels_or_engines_word(
                          memory="64Mi")
     assert local.startswith(SENTENCE) and "oom_kill=1" in local and local.endswith("raise `memory`")
     assert docker.startswith(SENTENCE) and "State.OOMKilled" in docker
+    # Marked as an out-of-memory kill, which is what escalation (on_oom) acts on, and nothing else is.
+    assert isinstance(local, OutOfMemory) and isinstance(docker, OutOfMemory) and local.limit == 64 << 20
     # A SIGKILL or an exit 137 alone is a kill, not a guess at memory.
     for code in (-9, 137):
         text = process_end({"exit_code": code, "oom": False}, memory="64Mi")
-        assert "out of memory" not in text and "SIGKILL" in text
+        assert "out of memory" not in text and "SIGKILL" in text and not isinstance(text, OutOfMemory)
 
 
 def test_kubernetes_says_it_the_same_way():
@@ -50,7 +53,7 @@ def test_kubernetes_says_it_the_same_way():
     pod = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name="p-1"), status=status)
     text = explain_pod(pod, (), name="p-1", error_text="", memory_limit=64 << 20, timeout=None, startup_timeout=5,
                        reference="r")
-    assert text.startswith(SENTENCE) and "OOMKilled" in text
+    assert text.startswith(SENTENCE) and "OOMKilled" in text and isinstance(text, OutOfMemory)
 
 
 def test_batch_says_it_the_same_way_only_when_batch_reports_out_of_memory():
@@ -62,12 +65,14 @@ def test_batch_says_it_the_same_way_only_when_batch_reports_out_of_memory():
            "attempts": [{"container": {"exitCode": 137, "reason": "OutOfMemoryError: Container killed due to memory usage"}}]}
     text = explain_job(oom, memory_mib(Resources(memory="64Mi")) << 20)
     assert text.startswith(SENTENCE) and "Batch job j-1: OutOfMemoryError: Container killed due to memory usage" in text
+    assert isinstance(text + "\nlast lines of its log:\n...", OutOfMemory)  # as BatchRunner.explain adds the log's tail
     # Undeclared memory: the 512 MiB the job was given.
     assert "memory limit of 512Mi" in explain_job(oom, memory_mib(Resources()) << 20)
     # Exit 137 with no such reason (a person terminated it, a spot reclaim): no guess.
     killed = {"jobId": "j-2", "status": "FAILED", "statusReason": "Terminated by user", "container": {"exitCode": 137}}
     text = explain_job(killed, 64 << 20)
     assert "out of memory" not in text and "exit code 137" in text and "Terminated by user" in text
+    assert not isinstance(text, OutOfMemory)
 
 
 def test_gpu_becomes_a_device_request_like_docker_run_gpus():

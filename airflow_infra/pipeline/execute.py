@@ -7,7 +7,9 @@ from collections.abc import Callable
 
 from airflow_infra.artifacts import HANDLE_FILE, OUTCOME_FILE
 from airflow_infra.errors import InfraStoreError, InfraTaskFailed
+from airflow_infra.pipeline.escalation import InfraOutOfMemory, record_oom
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
+from airflow_infra.targets.oom import OutOfMemory
 
 
 def save_handle(call: Call, handle: Handle) -> None:
@@ -91,7 +93,12 @@ class Execution:
             call.store.remove_tree(call.folder)
         if call.store.exists(self.outcome_folder / OUTCOME_FILE):
             return None  # ok, or the function failed and said why: the decoder reports either
-        raise InfraTaskFailed(f"{call.where}: {self.runner.explain(call, handle, error)}") from None
+        explanation = self.runner.explain(call, handle, error)
+        if isinstance(explanation, OutOfMemory):  # the target reported an out-of-memory kill
+            # Recorded before the try fails: the next try reads it to escalate (pipeline.escalation).
+            record_oom(call, explanation.limit, explanation.evidence)
+            raise InfraOutOfMemory(f"{call.where}: {explanation}", call.resources.memory) from None
+        raise InfraTaskFailed(f"{call.where}: {explanation}") from None
 
 
 def _unwinding(exc: BaseException) -> BaseException | None:

@@ -123,6 +123,8 @@ def runs(dag_id: str, limit: int = 5) -> list[dict[str, Any]]:
                         "ok": call.ok,
                         "status": call.status,
                         "requested": call.requested,
+                        # Where the memory request came from when on_oom escalated it: {"from", "to", "after_try", ...}
+                        "escalated": call.meta.get("escalated"),
                         "measured": call.metrics,
                         "hints": advice(call.requested, call.metrics),
                     }

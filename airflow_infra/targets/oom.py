@@ -15,9 +15,28 @@ from __future__ import annotations
 from airflow_infra.quantities import format_bytes
 
 
-def out_of_memory(limit: int | None, evidence: str) -> str:
+class OutOfMemory(str):
+    """The sentence, marked as an out-of-memory kill: the pipeline tells it from other ends
+    by this type (set only here, from what the platform reported), never by its words."""
+
+    limit: int | None
+    evidence: str
+
+    def __add__(self, more: str) -> OutOfMemory:  # a kind appending detail (a log tail) keeps the mark
+        said = OutOfMemory(str.__add__(self, more))
+        said.limit, said.evidence = self.limit, self.evidence
+        return said
+
+
+def out_of_memory(limit: int | None, evidence: str) -> OutOfMemory:
     """`limit`: the memory limit the call ran under, in bytes (None: it had none, so what ran
     short was its machine); `evidence`: who reported the kill, in their own words."""
+    said = OutOfMemory(_sentence(limit, evidence))
+    said.limit, said.evidence = limit, evidence
+    return said
+
+
+def _sentence(limit: int | None, evidence: str) -> str:
     if limit is None:
         return (f"out of memory: the task was killed with no memory limit of its own ({evidence}), so its machine "
                 "ran short; declare `memory` (or a larger one) so it runs where that much is free")

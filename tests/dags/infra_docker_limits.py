@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from airflow.sdk import dag
 
 from airflow_infra import infra_task
@@ -20,6 +22,11 @@ def infra_docker_limits():
     def oom() -> int:
         blocks = [bytearray(32 << 20) for _ in range(20)]  # 640 MiB, touched
         return len(blocks)
+
+    # OOM escalation on a real container: try 1 is killed at 64Mi (State.OOMKilled), try 2 runs with 128Mi.
+    @infra_task(memory="64Mi", on_oom="double", retries=1, retry_delay=dt.timedelta(0))
+    def oom_grows() -> int:
+        return len(bytearray(90 << 20))
 
     # A planted secret (tests/conftest.py): it reaches the call, and no layer or stored file.
     @infra_task(env={"API_TOKEN": "{{ var.value.planted_api_token }}"})
@@ -73,6 +80,7 @@ def infra_docker_limits():
 
     shm_size()
     oom()
+    oom_grows()
     whoami()
     reach(big())
 

@@ -118,6 +118,9 @@
     const peak = met.peak_memory_bytes;
     const memory = el("td", {}, bytes(peak), " of ", bytes(req.memory));
     if (peak && req.memory && peak > req.memory) memory.classList.add("over");
+    // on_oom: where the request came from (escalated after an earlier try's out-of-memory kill).
+    const up = call.escalated;
+    if (up) memory.append(el("div", { class: "why" }, `escalated from ${up.from} after try ${up.after_try}`));
     const used = met.wall_seconds ? (met.cpu_seconds || 0) / met.wall_seconds : null;
     const cpu = el("td", {}, used === null ? "-" : `${used.toFixed(2)} cores`, " of ", req.cpu === undefined || req.cpu === null ? "-" : String(req.cpu));
     return [memory, cpu, el("td", {}, seconds(met.wall_seconds))];

@@ -59,6 +59,7 @@ import importlib.util
 import os
 import shutil
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -296,12 +297,27 @@ def _output_problems(case: Case, orig, infra) -> list[str]:
     return problems
 
 
+@pytest.fixture(scope="session")
+def originals_db(dags) -> str:
+    """A copy of the session's migrated Airflow database for the original examples: each
+    case's two `airflow dags test` runs go at once (one per core), and two processes writing
+    one SQLite file would wait on each other's locks."""
+    copy = dags.home / "airflow-originals.db"
+    shutil.copyfile(dags.home / "airflow.db", copy)
+    return f"sqlite:///{copy}"
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_infra_version_matches_task_version(dags, compat_dags, case: Case):
-    orig = record(dags.test(case.dag_id, conf=case.conf, env=_env(dags)), _relative("orig", case))
+def test_infra_version_matches_task_version(dags, compat_dags, originals_db, case: Case):
+    with ThreadPoolExecutor(2) as pool:
+        orig_run = pool.submit(
+            dags.test, case.dag_id, conf=case.conf, env={**_env(dags), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": originals_db}
+        )
+        infra_run = pool.submit(dags.test, case.dag_id + SUFFIX, conf=case.conf, env=_env(dags))
+    orig = record(orig_run.result(), _relative("orig", case), db_url=originals_db)
     assert orig.run.run_id, f"the original {case.dag_id} did not run: {orig.import_error}\n{orig.run.output[-3000:]}"
     assert orig.tasks, f"the original {case.dag_id} has no task instances"
-    infra = record(dags.test(case.dag_id + SUFFIX, conf=case.conf, env=_env(dags)), _relative("infra", case))
+    infra = record(infra_run.result(), _relative("infra", case))
 
     references: list[str] = []
     diffs = differences(

@@ -8,6 +8,8 @@ every XCom except extra links (XComModel, deserialized as Airflow itself would).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,12 +69,32 @@ def _sections(output: str) -> dict[Key, list[str]]:
     return sections
 
 
-def _import_error(dag_file_suffix: str, output: str) -> str | None:
+@contextmanager
+def _session(db_url: str | None) -> Iterator[Any]:
+    """A session on the session's Airflow database, or on `db_url` (the copy the original
+    examples run against, beside their infra versions)."""
+    if db_url is None:
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            yield session
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    engine = create_engine(db_url)
+    try:
+        with Session(engine) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _import_error(dag_file_suffix: str, output: str, db_url: str | None = None) -> str | None:
     from airflow.models.errors import ParseImportError
-    from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    with create_session() as session:
+    with _session(db_url) as session:
         for row in session.scalars(select(ParseImportError)).all():
             if (row.filename or "").endswith(dag_file_suffix):
                 lines = [line.strip() for line in (row.stacktrace or "").splitlines() if line.strip()]
@@ -83,20 +105,20 @@ def _import_error(dag_file_suffix: str, output: str) -> str | None:
     return lines[-1].strip() if lines else None
 
 
-def record(run: DagRun, dag_file_suffix: str) -> RunRecord:
-    """Read back a finished run; a run that never started gets the DAG file's import error."""
+def record(run: DagRun, dag_file_suffix: str, db_url: str | None = None) -> RunRecord:
+    """Read back a finished run (from `db_url` when it ran against another database); a run
+    that never started gets the DAG file's import error."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
     from sqlalchemy import select
 
     out = RunRecord(run, sections=_sections(run.output))
     finished = _FINISHED.findall(run.output)
     out.state = finished[-1] if finished else None
     if run.run_id is None:
-        out.import_error = _import_error(dag_file_suffix, run.output)
+        out.import_error = _import_error(dag_file_suffix, run.output, db_url)
         return out
-    with create_session() as session:
+    with _session(db_url) as session:
         for ti in session.scalars(
             select(TaskInstance).where(TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id)
         ).all():

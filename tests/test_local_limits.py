@@ -42,6 +42,17 @@ class Lines(logging.Handler):
         return [r for r in self.records if text in r.getMessage()]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_warm_server_outlives_the_module():
+    """The calls here run through warm runtime servers this (pytest's) process starts; later
+    tests count the processes of the session's home, so they go when the module ends."""
+    yield
+    from airflow_infra.targets.local import server
+
+    for python in list(server._servers):
+        server.forget(python)
+
+
 @pytest.fixture
 def task_log():
     handler = Lines()

@@ -339,7 +339,8 @@ def test_a_new_try_never_follows_a_pod_being_deleted(airflow_db, dags, docker_ya
     assert requests.get(f"{pods}/{first[0]}", timeout=5).json()["metadata"]["deletionTimestamp"]
     run_id = re.search(r"<TaskInstance: infra_kube_stubborn\.stubborn (\S+) ", log.read_text()).group(1)
     again = subprocess.Popen(
-        [sys.executable, "-m", "airflow", "tasks", "test", "infra_kube_stubborn", "stubborn", run_id],
+        # A short pod this time: were it to follow the old one, it would return the old token.
+        [sys.executable, "-m", "airflow", "tasks", "test", "infra_kube_stubborn", "stubborn", run_id, "-t", '{"seconds": 1}'],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:

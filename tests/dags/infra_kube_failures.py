@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import dag
+from airflow.sdk import Param, dag
 
 from airflow_infra import infra_task
 
@@ -107,10 +107,12 @@ def infra_kube_startup():
 infra_kube_startup()
 
 
-@dag(schedule=None, catchup=False, tags=["airflow-infra-tests"])
+# `seconds`: how long the pod runs. The first run's pod is still running (being deleted) when
+# the test starts the next run, which asks for a short one (`airflow tasks test -t`).
+@dag(schedule=None, catchup=False, tags=["airflow-infra-tests"], params={"seconds": Param(45, type="integer")})
 def infra_kube_stubborn():
     @infra_task(target="k8s")
-    def stubborn() -> str:
+    def stubborn(seconds) -> str:
         import signal
         import time
         import uuid
@@ -118,10 +120,10 @@ def infra_kube_stubborn():
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a pod that takes its whole grace period to die
         token = uuid.uuid4().hex
         print(f"stubborn: token {token}", flush=True)
-        time.sleep(45)  # still running (being deleted) when the test starts the next run
+        time.sleep(int(seconds))
         return token
 
-    stubborn()
+    stubborn("{{ params.seconds }}")
 
 
 infra_kube_stubborn()

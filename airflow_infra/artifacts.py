@@ -33,6 +33,8 @@ CALL_FILE = "call.pkl"
 CALL_META_FILE = "call.json"
 HANDLE_FILE = "handle.json"
 CACHE_DIR = "~result-cache"  # {artifacts}/~result-cache/{key}.json: the result cache's index (see path_component)
+AUTOSIZE_DIR = "~autosize"  # {artifacts}/~autosize/{dag}/{task}/: measured use, for automatic requests (pipeline.autosize)
+STORE_DIRS = (CACHE_DIR, AUTOSIZE_DIR)  # the store's own folders beside the DAGs' folders
 _LOCAL = ("file", "local", "")
 _FILE_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}\Z")  # ObjectStoragePath protocols of the local filesystem
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -45,7 +47,7 @@ def path_component(value: str) -> str:
     Characters other than [A-Za-z0-9._-] become ~XX (their UTF-8 bytes in hex): "run:a" is
     "run~3aa", never "run_a"; '~' is escaped too, so the mapping can be undone and two ids
     never share a folder. The store's own folders are '~' and a letter no escape starts with
-    (CACHE_DIR), so no id can name them; "", "." and ".." are escaped whole. An escaped id
+    (STORE_DIRS), so no id can name them; "", "." and ".." are escaped whole. An escaped id
     longer than _LONGEST keeps its start and ends in "~~" and its SHA-256 ("~~" is not an escape).
     """
     if value in ("", ".", ".."):

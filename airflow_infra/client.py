@@ -25,7 +25,7 @@ from functools import cached_property
 from typing import Any
 
 from airflow_infra.artifacts import (
-    CACHE_DIR,
+    STORE_DIRS,
     CALL_META_FILE,
     OUTCOME_FILE,
     ArtifactStore,
@@ -263,7 +263,7 @@ class Client:
     def dags(self) -> list[str]:
         if not self.store.exists(self.store.root):
             return []
-        return [p.name for p in _folders(self.store.root) if p.name != CACHE_DIR]
+        return [p.name for p in _folders(self.store.root) if p.name not in STORE_DIRS]
 
     def runs(self, dag_id: str) -> list[Run]:
         """Every run of the DAG in the store, newest first; runs with no readable call last."""

@@ -102,6 +102,75 @@ class OomPolicy(BaseModel):
         return QUANTITY_PARSERS["memory"](value)
 
 
+class AutosizeBounds(BaseModel):
+    """One resource's bounds under `autosize:` (memory in bytes, cpu in cores once parsed)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: float
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutosizeBounds:
+        if not self.min <= self.default <= self.max:
+            raise ValueError("needs min <= default <= max")
+        return self
+
+
+def _bounds(field: str, defaults: dict[str, Any]) -> Any:
+    """A validator turning `autosize.<field>`'s quantities (any notation) into AutosizeBounds."""
+
+    def parse(value: Any) -> AutosizeBounds:
+        from airflow_infra.spec import QUANTITY_PARSERS
+
+        if isinstance(value, AutosizeBounds):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping such as {{default: ..., min: ..., max: ...}}, got {str(value)[:40]!r}")
+        unknown = sorted(set(value) - {"default", "min", "max"})
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}: use default, min, max")
+        parsed = {}
+        for key in ("default", "min", "max"):
+            raw = value.get(key, defaults[key])
+            if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+                raise ValueError(f"{key}: {str(raw)[:40]!r} is not a quantity")
+            try:
+                parsed[key] = QUANTITY_PARSERS[field](raw)
+            except ValueError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+        return AutosizeBounds(**parsed)
+
+    return parse
+
+
+class AutosizePolicy(BaseModel):
+    """`autosize:` in infra.yaml: how `memory="auto"` / `cpu="auto"` are sized (pipeline.autosize).
+
+    The request is the `percentile` of what the task's last `runs` successful runs used
+    (peak memory; average cores), times `headroom`, within [min, max]; a task with no
+    history yet gets its declared default ("auto:4Gi") or `default` here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memory: AutosizeBounds = AutosizeBounds(default=2**30, min=64 * 2**20, max=64 * 2**30)
+    cpu: AutosizeBounds = AutosizeBounds(default=1.0, min=0.1, max=16.0)
+    percentile: float = Field(95, ge=50, le=100)
+    headroom: float = Field(1.25, ge=1.0, le=4.0)
+    runs: int = Field(5, ge=1, le=50)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> AutosizeBounds:
+        return _bounds("memory", {"default": "1Gi", "min": "64Mi", "max": "64Gi"})(value)
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu(cls, value: Any) -> AutosizeBounds:
+        return _bounds("cpu", {"default": 1, "min": 0.1, "max": 16})(value)
+
+
 class InfraConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -129,6 +198,7 @@ class InfraConfig(BaseModel):
     targets: dict[str, TargetConfig] = {}
     rules: list[Rule] = []
     oom: OomPolicy = OomPolicy()
+    autosize: AutosizePolicy = AutosizePolicy()
 
     @field_validator("registry")
     @classmethod

@@ -221,11 +221,12 @@ class InfraOperator(BaseOperator):
 
         config = load_config()
         ti = context["ti"]
-        declared, policy, escalated = self._escalation(config, context)
+        declared, sized = self._autosized(config)
+        declared, policy, escalated = self._escalation(config, context, declared)
         plan = plan_call(declared, self.target, config, dag_id=self.dag_id, task_id=self.task_id, dag_file=self._dag_file)
         self.log.info("target %r: %s", plan.route.target, plan.route.reason)
         if escalated is not None:
-            self._log_escalation(escalated, policy, plan, config)
+            self._log_escalation(escalated, policy, {**declared, "memory": policy.declared}, plan, config)
         connections = self._connections(plan)  # before anything is written or submitted
         with keep_references():  # a reduce task's lazy sequence is fetched here
             args, kwargs = call_arguments(
@@ -238,6 +239,8 @@ class InfraOperator(BaseOperator):
             dag_file=self._dag_file, log=self.log, context=context, connections=connections,
         )
         call, meta = packaged.call, packaged.meta
+        if sized:  # call.json says what each automatic request came to, and from which runs
+            meta["autosized"] = {name: item.to_json() for name, item in sized.items()}
         if policy is not None:  # call.json says which request ran and where it came from
             meta["on_oom"] = policy.to_json()
             if escalated is not None:
@@ -253,13 +256,24 @@ class InfraOperator(BaseOperator):
         with advise_on_oom(policy, ti.try_number, self.retries):
             return self._continue(self._execution.start(), meta)
 
-    def _escalation(self, config: Any, context: Any) -> tuple[dict[str, Any], Any, Any]:
-        """The declaration this try runs with: the declared one, or its memory escalated after
+    def _autosized(self, config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The declaration with `memory="auto"` / `cpu="auto"` sized from the task's history
+        (pipeline.autosize), before routing, so routing sees the sizes; and the sizes."""
+        from airflow_infra.pipeline import autosize
+
+        declared = self._declared()
+        if not autosize.automatic(declared):
+            return declared, {}
+        from airflow_infra.pipeline.package import store_for
+
+        return autosize.resolve(declared, config.autosize, store_for(config), self.dag_id, self.task_id, self.log)
+
+    def _escalation(self, config: Any, context: Any, declared: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
+        """The declaration this try runs with: `declared`, or its memory escalated after
         the previous try's out-of-memory kill (pipeline.escalation); the policy; the escalation."""
         from airflow_infra.pipeline.escalation import policy_for, previous_try
         from airflow_infra.pipeline.package import store_for
 
-        declared = self._declared()
         policy = policy_for(self.on_oom, declared.get("memory"), config, self.log)
         if policy is None:
             return declared, None, None
@@ -271,12 +285,12 @@ class InfraOperator(BaseOperator):
             return declared, policy, None
         return {**declared, "memory": escalated.memory}, policy, escalated
 
-    def _log_escalation(self, escalated: Any, policy: Any, plan: Any, config: Any) -> None:
+    def _log_escalation(self, escalated: Any, policy: Any, unescalated: dict[str, Any], plan: Any, config: Any) -> None:
         from airflow_infra.pipeline.plan import plan_call
         from airflow_infra.quantities import format_bytes
 
-        # Where the declared request would have gone: more memory can move the task.
-        before = plan_call(self._declared(), self.target, config, dag_id=self.dag_id, task_id=self.task_id, dag_file=self._dag_file)
+        # Where the request before escalation would have gone: more memory can move the task.
+        before = plan_call(unescalated, self.target, config, dag_id=self.dag_id, task_id=self.task_id, dag_file=self._dag_file)
         moved = (f"routed to target {plan.route.target!r} (was {before.route.target!r})" if before.route.target != plan.route.target
                  else f"still routed to target {plan.route.target!r}")
         why = ("out-of-memory kill" if escalated.oom else "failure (kept from that escalated try)")
@@ -335,7 +349,12 @@ class InfraOperator(BaseOperator):
 
         execution, self._execution = self._execution, None
         store, folder = execution.call.store, execution.outcome_folder
-        result = self._decode(store, folder, read_outcome(store, folder, where(self.dag_id, self.task_id)), meta)
+        outcome = read_outcome(store, folder, where(self.dag_id, self.task_id))
+        result = self._decode(store, folder, outcome, meta)
+        if meta.get("autosized"):
+            from airflow_infra.pipeline import autosize
+
+            autosize.record(store, meta, outcome, self.log)
         key = meta.get("cache", {}).get("key")
         if key is not None:
             cache.record(store, key, folder, meta)

@@ -360,6 +360,21 @@ def spec_error(dag_id: str | None, task_id: str | None, error: ValidationError, 
     return InfraSpecError(f"{where(dag_id, task_id)}: invalid declaration: " + "; ".join(lines))
 
 
+# An automatic request (pipeline.autosize): "auto", or "auto:<first-run default>" such as
+# "auto:4Gi". Only cpu and memory; the operator replaces it with a number before planning.
+AUTO_FIELDS = ("cpu", "memory")
+_AUTO = re.compile(r"auto(?::([0-9A-Za-z.]{1,24}))?\Z")
+
+
+def auto_request(name: str, value: Any) -> tuple[bool, str | None]:
+    """Whether `value` of field `name` asks for an automatic request, and its declared
+    first-run default (None: infra.yaml's `autosize` default)."""
+    if name not in AUTO_FIELDS or type(value) is not str:
+        return False, None
+    match = _AUTO.match(value)
+    return (True, match.group(1)) if match else (False, None)
+
+
 def build_models(
     dag_id: str | None, task_id: str | None, values: Mapping[str, Any], *, skip_templated: bool
 ) -> tuple[Environment, Resources]:
@@ -367,6 +382,8 @@ def build_models(
 
     With `skip_templated` (parse time) a templated resource value is left out: it can only
     be checked once rendered, at execute time, which calls this again without the flag.
+    Likewise an automatic request: it stands for its declared first-run default, or is left
+    out (its size comes from the task's history at run time, pipeline.autosize).
     """
     env_values = {k: values[k] for k in ENVIRONMENT_FIELDS if values.get(k) is not None}
     res_values = {
@@ -374,6 +391,13 @@ def build_models(
         for k in RESOURCE_FIELDS
         if values.get(k) is not None and not (skip_templated and is_templated(values[k]))
     }
+    for name in AUTO_FIELDS:
+        is_auto, default = auto_request(name, res_values.get(name))
+        if is_auto and skip_templated:
+            if default is None:
+                del res_values[name]
+            else:
+                res_values[name] = default
     env = env_values.get("env")
     if skip_templated and isinstance(env, Mapping) and any(is_templated(v) for v in env.values()):
         env_values["env"] = {k: ("" if is_templated(v) else v) for k, v in env_values["env"].items()}

@@ -51,15 +51,7 @@ def test_seed_scenario_mixes_local_and_batch(dags, batch_yaml, seed_data):
     links = run.links("fit_b")  # BatchOperator's job, linked from our task instance
     assert re.fullmatch(r"https://console\.aws\.amazon\.com/batch/home\?region=us-east-1#jobs/detail/[0-9a-f-]+", links["BatchJobLink"])
     assert "/v2/" in links["ImageLink"] and "PodLink" not in links
-    definitions = job_definitions()
-    assert len(definitions) >= 2
-    images = {d["containerProperties"]["image"] for d in definitions}
-
-    again = dags.test("recsys_seed", conf={"lr": 0.2})
-    assert again.succeeded
-    assert "registered job definition" not in again.output  # reused, not registered again
-    assert len(job_definitions()) == len(definitions)
-    assert images == {d["containerProperties"]["image"] for d in job_definitions()}
+    assert len(job_definitions()) >= 2  # one per image (its reuse: tests/test_daemonless.py)
 
 
 def test_failed_jobs_are_explained(dags, batch_yaml):

@@ -440,6 +440,8 @@ def test_daemonless_images_run_as_batch_jobs(dags, docker_yaml, moto_s3, batch_q
     assert [stored[f"a_{i}"].result for i in range(3)] == ["1.16.0"] * 3
     assert [stored[f"b_{i}"].result for i in range(2)] == ["1.17.0"] * 2
     assert "with the 'daemonless' builder" in run.output
+    # One job definition per image, registered by its first task and reused by the others.
+    assert run.output.count("registered job definition") == 2, run.output[-5000:]
 
 
 @pytest.mark.integration

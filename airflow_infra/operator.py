@@ -221,7 +221,7 @@ class InfraOperator(BaseOperator):
 
         config = load_config()
         ti = context["ti"]
-        declared, sized = self._autosized(config)
+        declared, sized = self._autosized(config, context["run_id"])
         declared, policy, escalated = self._escalation(config, context, declared)
         plan = plan_call(declared, self.target, config, dag_id=self.dag_id, task_id=self.task_id, dag_file=self._dag_file)
         self.log.info("target %r: %s", plan.route.target, plan.route.reason)
@@ -256,7 +256,7 @@ class InfraOperator(BaseOperator):
         with advise_on_oom(policy, ti.try_number, self.retries):
             return self._continue(self._execution.start(), meta)
 
-    def _autosized(self, config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _autosized(self, config: Any, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """The declaration with `memory="auto"` / `cpu="auto"` sized from the task's history
         (pipeline.autosize), before routing, so routing sees the sizes; and the sizes."""
         from airflow_infra.pipeline import autosize
@@ -266,7 +266,7 @@ class InfraOperator(BaseOperator):
             return declared, {}
         from airflow_infra.pipeline.package import store_for
 
-        return autosize.resolve(declared, config.autosize, store_for(config), self.dag_id, self.task_id, self.log)
+        return autosize.resolve(declared, config.autosize, store_for(config), self.dag_id, self.task_id, run_id, self.log)
 
     def _escalation(self, config: Any, context: Any, declared: dict[str, Any]) -> tuple[dict[str, Any], Any, Any]:
         """The declaration this try runs with: `declared`, or its memory escalated after

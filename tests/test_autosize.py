@@ -44,7 +44,7 @@ def finished(store, run_id, peak, cpu_seconds=1.0, wall=2.0, map_index=-1, task_
 
 
 def resolve(store, declared, **values):
-    return autosize.resolve(declared, policy(**values), store, "d", "t", LOG)
+    return autosize.resolve(declared, policy(**values), store, "d", "t", "this-run", LOG)
 
 
 def test_without_history_the_declared_default_then_infra_yaml_s(store):
@@ -87,6 +87,9 @@ def test_a_mapped_task_pools_its_indexes_and_tasks_keep_apart(store):
     finished(store, "r", 5 * GI, task_id="other")
     declared, sized = resolve(store, {"memory": "auto"}, percentile=100, headroom=1.0)
     assert declared["memory"] == 400 * MI and sized["memory"].calls == 3 and sized["memory"].runs == ("r",)
+    # The indexes of this run that finished first do not change the size of the others.
+    finished(store, "this-run", 2 * GI, map_index=0)
+    assert resolve(store, {"memory": "auto"}, percentile=100, headroom=1.0)[0]["memory"] == 400 * MI
 
 
 def test_only_successful_calls_that_ran_leave_a_record(store):
@@ -133,7 +136,7 @@ def test_records_are_kept_apart_from_the_runs_the_client_lists(store):
 def test_routing_sees_the_size(store):
     finished(store, "r", 3 * GI)
     config = InfraConfig.model_validate({"targets": {"big": {"kind": "local"}}, "rules": [{"when": "memory > 2Gi", "target": "big"}, {"target": "local"}]})
-    declared, _ = autosize.resolve({"memory": "auto:1Gi"}, config.autosize, store, "d", "t", LOG)
+    declared, _ = autosize.resolve({"memory": "auto:1Gi"}, config.autosize, store, "d", "t", "r2", LOG)
     assert plan_call(declared, "auto", config, dag_id="d", task_id="t", dag_file=None).route.target == "big"
     # At parse time (the CLI's plan, the plugin) the first-run default stands in for it.
     assert plan_call({"memory": "auto:1Gi"}, "auto", config, dag_id="d", task_id="t", dag_file=None, skip_templated=True).route.target == "local"

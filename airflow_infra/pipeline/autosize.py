@@ -74,12 +74,16 @@ class Sized:
                 "bound": self.bound}
 
 
-def resolve(declared: dict[str, Any], policy: AutosizePolicy, store: ArtifactStore, dag_id: str, task_id: str, log: Any) -> tuple[dict[str, Any], dict[str, Sized]]:
-    """The declaration with each automatic field replaced by its size for this call, and the sizes."""
+def resolve(
+    declared: dict[str, Any], policy: AutosizePolicy, store: ArtifactStore, dag_id: str, task_id: str, run_id: str, log: Any
+) -> tuple[dict[str, Any], dict[str, Sized]]:
+    """The declaration with each automatic field replaced by its size for this call, and the
+    sizes. Only earlier runs count: every index of a mapped task in one run gets one size,
+    whatever order they run in."""
     wanted = automatic(declared)
     if not wanted:
         return declared, {}
-    records = history(store, dag_id, task_id, policy.runs, log)
+    records = history(store, dag_id, task_id, policy.runs, log, before=run_id)
     # Shared memory counts against the memory limit: never below a declared shm.
     shm = QUANTITY_PARSERS["shm"](declared["shm"]) if declared.get("shm") is not None else None
     sized = {name: _size(name, default, records, policy, where(dag_id, task_id), shm if name == "memory" else None)
@@ -148,15 +152,15 @@ def _folder(store: ArtifactStore, dag_id: str, task_id: str) -> Any:
     return store.root / AUTOSIZE_DIR / path_component(dag_id) / path_component(task_id)
 
 
-def history(store: ArtifactStore, dag_id: str, task_id: str, runs: int, log: Any) -> list[dict[str, Any]]:
-    """The records of the task's last `runs` runs that have any, newest first."""
+def history(store: ArtifactStore, dag_id: str, task_id: str, runs: int, log: Any, before: str | None = None) -> list[dict[str, Any]]:
+    """The records of the task's last `runs` runs that have any, newest first (without run `before`'s)."""
     folder = _folder(store, dag_id, task_id)
     names = _listing(store, folder)
     picked: list[dict[str, Any]] = []
     seen_runs: list[str] = []
     for name in names[:_READ_AT_MOST]:
         record = _read(store, folder / name, log)
-        if record is None:
+        if record is None or record["run_id"] == before:
             continue
         if record["run_id"] not in seen_runs:
             if len(seen_runs) == runs:

@@ -125,6 +125,8 @@ def runs(dag_id: str, limit: int = 5) -> list[dict[str, Any]]:
                         "requested": call.requested,
                         # Where the memory request came from when on_oom escalated it: {"from", "to", "after_try", ...}
                         "escalated": call.meta.get("escalated"),
+                        # memory="auto" / cpu="auto": what each came to and from which runs (pipeline.autosize)
+                        "autosized": call.meta.get("autosized"),
                         "measured": call.metrics,
                         "hints": advice(call.requested, call.metrics),
                     }

@@ -123,6 +123,16 @@
     if (up) memory.append(el("div", { class: "why" }, `escalated from ${up.from} after try ${up.after_try}`));
     const used = met.wall_seconds ? (met.cpu_seconds || 0) / met.wall_seconds : null;
     const cpu = el("td", {}, used === null ? "-" : `${used.toFixed(2)} cores`, " of ", req.cpu === undefined || req.cpu === null ? "-" : String(req.cpu));
+    // memory="auto" / cpu="auto": the request was sized from earlier runs (or is the first-run default).
+    const auto = call.autosized || {};
+    for (const [field, cell] of [["memory", memory], ["cpu", cpu]]) {
+      const sized = auto[field];
+      if (!sized) continue;
+      const why = sized.source === "history"
+        ? `auto: from ${sized.calls} call(s) in ${sized.runs.length} run(s)` + (sized.bound ? ` (${sized.bound} bound)` : "")
+        : "auto: first-run default";
+      cell.append(el("div", { class: "why auto", title: (sized.runs || []).join(", ") }, why));
+    }
     return [memory, cpu, el("td", {}, seconds(met.wall_seconds))];
   }
 

@@ -233,6 +233,9 @@ def _check_plugin_page(airflow_server: Deployment, browser) -> None:
     fit_a = browser.find_element(By.CSS_SELECTOR, "section[data-dag-id=recsys_seed] tr[data-task-id=fit_a]")
     assert "docker" in fit_a.text and "missing" in fit_a.text and "rule 1" in fit_a.text
     assert not browser.find_elements(By.CSS_SELECTOR, "table.plan .error")
+    # Its runs: requested vs used per task, a bar pair per run (the triggered run above among them).
+    points = section.find_elements(By.CSS_SELECTOR, "table.charts tr[data-task-id=train] svg.chart.memory g.point")
+    assert points and all(p.get_attribute("data-run-id") for p in points)
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.switch_to.default_content()
     browser.set_window_size(1400, min(height + 120, 3000))  # the whole page, for the README
@@ -252,3 +255,57 @@ def _check_plugin_page(airflow_server: Deployment, browser) -> None:
     wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true")
     assert "Not signed in to Airflow" in browser.find_element(By.ID, "content").text
     assert not browser.find_elements(By.CSS_SELECTOR, "section.dag")
+
+
+# -- the charts, on API answers of a known shape ---------------------------------------------------
+
+MI = 1 << 20
+
+
+def _call(task_id, map_index, requested, peak, cpu_seconds=1.0, wall=2.0, escalated=None, autosized=None):
+    return {"task_id": task_id, "map_index": map_index, "try_number": 2 if escalated else 1, "target": "local", "ok": True,
+            "status": "success", "requested": requested, "escalated": escalated, "autosized": autosized,
+            "measured": {"peak_memory_bytes": peak, "cpu_seconds": cpu_seconds, "wall_seconds": wall}, "hints": []}
+
+
+CHART_RUNS = [  # newest first, as the runs API answers
+    {"run_id": "r3", "submitted_at": "3", "problems": [], "calls": [
+        _call("fit", -1, {"memory": 192 * MI, "cpu": 0.5}, 150 * MI, autosized={"memory": {"value": "192Mi", "source": "history", "runs": ["r2"], "calls": 1, "used": "150Mi", "bound": None}}),
+        _call("shard", 0, {"memory": 64 * MI}, 20 * MI), _call("shard", 1, {"memory": 64 * MI}, 50 * MI)]},
+    {"run_id": "r2", "submitted_at": "2", "problems": [], "calls": [
+        _call("fit", -1, {"memory": 256 * MI, "cpu": 2.0}, 150 * MI, escalated={"from": "128Mi", "to": "256Mi", "after_try": 1})]},
+    {"run_id": "r1", "submitted_at": "1", "problems": [], "calls": [_call("fit", -1, {"memory": 1024 * MI, "cpu": 2.0}, 150 * MI)]},
+]
+
+
+def test_the_page_charts_requested_vs_used_per_task_with_escalations_marked(browser, tmp_path):
+    """page.js on the plugin API's answers (their shape: plugin/report.py), with fetch answered
+    in the page: the charts' bars, their order, the mapped task's largest index, the marks."""
+    import json
+
+    static = REPO / "airflow_infra" / "plugin" / "static"
+    shutil.copytree(static, tmp_path / "static")
+    plans = {"dags": [{"dag_id": "charted", "file": "x.py", "error": None, "plans": []}]}
+    answers = {"api/plans": plans, "api/dags/charted/runs?limit=10": {"dag_id": "charted", "runs": CHART_RUNS}}
+    stub = ("window.fetch = async (url) => { const a = " + json.dumps(answers) + "[url]; return {status: a ? 200 : 404, "
+            "ok: !!a, json: async () => a, text: async () => 'no stub for ' + url}; };")
+    page = (static / "index.html").read_text().replace('<script src="static/page.js">', f"<script>{stub}</script><script src=\"static/page.js\">")
+    (tmp_path / "index.html").write_text(page)
+    browser.get(f"file://{tmp_path}/index.html")
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true")
+
+    fit = browser.find_elements(By.CSS_SELECTOR, "table.charts tr[data-task-id=fit] svg.chart.memory g.point")
+    assert [p.get_attribute("data-run-id") for p in fit] == ["r1", "r2", "r3"]  # oldest first
+    assert [p.get_attribute("data-escalated") for p in fit] == ["false", "true", "false"]
+    assert browser.find_elements(By.CSS_SELECTOR, "svg.chart.memory g.point[data-run-id=r2] rect.requested.escalated")
+    titles = [p.find_element(By.TAG_NAME, "title").get_attribute("textContent") for p in fit]
+    assert titles[1] == "r2: used 150Mi of 256Mi (escalated after an out-of-memory kill)"
+    assert titles[2] == "r3: used 150Mi of 192Mi (auto)"
+    heights = [float(p.find_element(By.CSS_SELECTOR, "rect.requested").get_attribute("height")) for p in fit]
+    assert heights[0] > heights[1] > heights[2]  # the request fell: 1Gi, 256Mi, 192Mi
+    [shard] = browser.find_elements(By.CSS_SELECTOR, "table.charts tr[data-task-id=shard] svg.chart.memory g.point")
+    assert shard.find_element(By.TAG_NAME, "title").get_attribute("textContent") == "r3: used 50Mi of 64Mi"  # the largest index
+    cpu = browser.find_elements(By.CSS_SELECTOR, "table.charts tr[data-task-id=fit] svg.chart.cpu g.point")
+    assert cpu[0].find_element(By.TAG_NAME, "title").get_attribute("textContent") == "r1: used 0.50 cores of 2.00 cores"
+    # The runs table still shows where the auto request came from.
+    assert "auto: from 1 call(s) in 1 run(s)" in browser.find_element(By.CSS_SELECTOR, "table.runs").text

@@ -178,13 +178,78 @@
     return table("runs", headings, rows);
   }
 
+  // -- per task: requested vs used across recent runs, as small SVG charts ------------------
+
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+    for (const child of children) if (child) node.append(child);
+    return node;
+  }
+
+  // One point per run (oldest first) and task: the largest request and use among its calls
+  // (a mapped task's indexes), and whether a call's request was escalated after an OOM kill.
+  function series(runs, taskId, field) {
+    const points = [];
+    for (const run of [...runs].reverse()) {
+      const calls = run.calls.filter((c) => c.task_id === taskId);
+      if (!calls.length) continue;
+      const requested = Math.max(0, ...calls.map((c) => (c.requested || {})[field] || 0));
+      const used = Math.max(0, ...calls.map((c) => {
+        const m = c.measured || {};
+        if (field === "memory") return m.peak_memory_bytes || 0;
+        return m.wall_seconds ? (m.cpu_seconds || 0) / m.wall_seconds : 0;
+      }));
+      const escalated = calls.some((c) => field === "memory" && c.escalated);
+      const auto = calls.some((c) => c.autosized && c.autosized[field]);
+      points.push({ run: run.run_id, requested, used, escalated, auto });
+    }
+    return points;
+  }
+
+  // Bars of use inside outlines of the request, one pair per run; an escalated run's
+  // outline is drawn in the error colour and titled so.
+  function chart(points, field) {
+    const width = 24 * points.length + 8, height = 60;
+    const top = Math.max(1, ...points.map((p) => Math.max(p.requested, p.used)));
+    const show = field === "memory" ? bytes : (v) => `${v.toFixed(2)} cores`;
+    const bars = points.map((p, i) => {
+      const x = 4 + 24 * i, h = (v) => Math.max(1, Math.round((v / top) * (height - 4)));
+      const marks = [];
+      if (p.requested) {
+        marks.push(svg("rect", { x, y: height - h(p.requested), width: 18, height: h(p.requested),
+          class: p.escalated ? "requested escalated" : "requested" }));
+      }
+      marks.push(svg("rect", { x: x + 4, y: height - h(p.used), width: 10, height: h(p.used), class: p.used > p.requested && p.requested ? "used over" : "used" }));
+      const title = svg("title");
+      title.textContent = `${p.run}: used ${show(p.used)} of ${p.requested ? show(p.requested) : "no request"}` +
+        (p.escalated ? " (escalated after an out-of-memory kill)" : "") + (p.auto ? " (auto)" : "");
+      return svg("g", { class: "point", "data-run-id": p.run, "data-escalated": String(p.escalated) }, title, ...marks);
+    });
+    return svg("svg", { class: `chart ${field}`, width, height, viewBox: `0 0 ${width} ${height}`, role: "img" }, ...bars);
+  }
+
+  function chartsTable(runs) {
+    const tasks = [...new Set(runs.flatMap((run) => run.calls.map((c) => c.task_id)))];
+    const rows = tasks.map((taskId) =>
+      el("tr", { "data-task-id": taskId }, el("td", {}, taskId),
+        el("td", {}, chart(series(runs, taskId, "memory"), "memory")),
+        el("td", {}, chart(series(runs, taskId, "cpu"), "cpu"))),
+    );
+    return table("charts", ["Task", "Memory: peak in requested (oldest run first)", "CPU: cores used in requested"], rows);
+  }
+
   async function fillRuns(section, id) {
     const holder = el("div", {}, el("p", { class: "note" }, "Loading runs…"));
     section.append(el("h3", {}, "Recent runs: measured vs requested"), holder);
     try {
-      const data = await getJSON(`api/dags/${encodeURIComponent(id)}/runs?limit=5`);
+      const data = await getJSON(`api/dags/${encodeURIComponent(id)}/runs?limit=10`);
       holder.replaceChildren(
-        data.runs.length ? runsTable(data.runs) : el("p", { class: "note" }, "No runs in the artifact store yet."),
+        ...(data.runs.length
+          ? [chartsTable(data.runs), runsTable(data.runs.slice(0, 5))]
+          : [el("p", { class: "note" }, "No runs in the artifact store yet.")]),
       );
     } catch (err) {
       holder.replaceChildren(el("p", { class: "error" }, `Could not read runs: ${err.message}`));

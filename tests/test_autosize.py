@@ -127,6 +127,15 @@ def test_a_record_that_is_not_ours_is_skipped_and_named(store, content, caplog):
     assert "autosize: skipping" in caplog.text and "9999999999999-1--1-planted.json" in caplog.text
 
 
+def test_old_records_are_pruned_beyond_what_any_window_reads(store, monkeypatch):
+    monkeypatch.setattr(autosize, "_KEEP", 3)
+    for i in range(5):
+        finished(store, f"run{i}", (100 + i) * MI)
+    resolve(store, {"memory": "auto"})
+    kept = sorted(p.name for p in (store.root / AUTOSIZE_DIR / "d" / "t").iterdir())
+    assert len(kept) == 3 and all("run0" not in k and "run1" not in k for k in kept)
+
+
 def test_records_are_kept_apart_from_the_runs_the_client_lists(store):
     finished(store, "r", 100 * MI)
     assert (store.root / AUTOSIZE_DIR).exists()

@@ -156,6 +156,8 @@ def history(store: ArtifactStore, dag_id: str, task_id: str, runs: int, log: Any
     """The records of the task's last `runs` runs that have any, newest first (without run `before`'s)."""
     folder = _folder(store, dag_id, task_id)
     names = _listing(store, folder)
+    for name in names[_KEEP:]:  # the oldest, beyond what any window reads: pruned here, where they are listed anyway
+        (folder / name).unlink(missing_ok=True)
     picked: list[dict[str, Any]] = []
     seen_runs: list[str] = []
     for name in names[:_READ_AT_MOST]:
@@ -224,12 +226,5 @@ def record(store: ArtifactStore, meta: dict[str, Any], outcome: dict[str, Any], 
     name = f"{int(time.time() * 1000):013d}-{meta['try_number']}-{meta['map_index']}-{path_component(meta['run_id'])}.json"
     try:
         store.write_json(folder / name, entry)
-        _prune(store, folder)
     except OSError as exc:
         log.warning("autosize: could not record this call's use in %s: %s", store.uri(folder), exc)
-
-
-def _prune(store: ArtifactStore, folder: Any) -> None:
-    names = _listing(store, folder)
-    for name in names[_KEEP:]:
-        (folder / name).unlink(missing_ok=True)

@@ -63,7 +63,7 @@ class Sized:
     runs: tuple[str, ...] = ()
     calls: int = 0
     used: float | None = None  # the percentile of use it was derived from
-    bound: str | None = None  # "min" / "max" when a bound decided it
+    bound: str | None = None  # "min" / "max" (infra.yaml) or "shm" (the declared shm) when a bound decided it
 
     def shown(self) -> str:
         return format_bytes(int(self.value)) if self.field == "memory" else f"{self.value:g}"
@@ -84,8 +84,7 @@ def resolve(
     if not wanted:
         return declared, {}
     records = history(store, dag_id, task_id, policy.runs, log, before=run_id)
-    # Shared memory counts against the memory limit: never below a declared shm.
-    shm = QUANTITY_PARSERS["shm"](declared["shm"]) if declared.get("shm") is not None else None
+    shm = _declared_shm(declared)
     sized = {name: _size(name, default, records, policy, where(dag_id, task_id), shm if name == "memory" else None)
              for name, default in wanted.items()}
     for item in sized.values():
@@ -94,6 +93,15 @@ def resolve(
     for name, item in sized.items():
         out[name] = int(item.value) if name == "memory" else item.value
     return out, sized
+
+
+def _declared_shm(declared: dict[str, Any]) -> int | None:
+    """Shared memory counts against the memory limit: a size never goes below a declared shm.
+    None also for a (rendered) shm that is no size: planning reports it, naming the field."""
+    try:
+        return QUANTITY_PARSERS["shm"](declared["shm"]) if declared.get("shm") is not None else None
+    except ValueError:
+        return None
 
 
 def _size(name: str, default: str | None, records: list[dict[str, Any]], policy: AutosizePolicy, task: str, floor: float | None) -> Sized:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from airflow_infra.errors import InfraConfigError
 from airflow_infra.routing import LOCAL, Condition, RuleSyntaxError
@@ -118,31 +118,28 @@ class AutosizeBounds(BaseModel):
         return self
 
 
-def _bounds(field: str, defaults: dict[str, Any]) -> Any:
-    """A validator turning `autosize.<field>`'s quantities (any notation) into AutosizeBounds."""
+def _bounds(field: str, value: Any, fallback: AutosizeBounds) -> AutosizeBounds:
+    """`autosize.<field>`'s quantities (any notation) as AutosizeBounds; a key left out keeps
+    the field's default (`fallback`)."""
+    from airflow_infra.spec import QUANTITY_PARSERS
 
-    def parse(value: Any) -> AutosizeBounds:
-        from airflow_infra.spec import QUANTITY_PARSERS
-
-        if isinstance(value, AutosizeBounds):
-            return value
-        if not isinstance(value, dict):
-            raise ValueError(f"expected a mapping such as {{default: ..., min: ..., max: ...}}, got {str(value)[:40]!r}")
-        unknown = sorted(set(value) - {"default", "min", "max"})
-        if unknown:
-            raise ValueError(f"unknown key(s) {unknown}: use default, min, max")
-        parsed = {}
-        for key in ("default", "min", "max"):
-            raw = value.get(key, defaults[key])
-            if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
-                raise ValueError(f"{key}: {str(raw)[:40]!r} is not a quantity")
-            try:
-                parsed[key] = QUANTITY_PARSERS[field](raw)
-            except ValueError as exc:
-                raise ValueError(f"{key}: {exc}") from None
-        return AutosizeBounds(**parsed)
-
-    return parse
+    if isinstance(value, AutosizeBounds):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping such as {{default: ..., min: ..., max: ...}}, got {str(value)[:40]!r}")
+    unknown = sorted(set(value) - {"default", "min", "max"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}: use default, min, max")
+    parsed = {}
+    for key in ("default", "min", "max"):
+        raw = value.get(key, getattr(fallback, key))
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise ValueError(f"{key}: {str(raw)[:40]!r} is not a quantity")
+        try:
+            parsed[key] = QUANTITY_PARSERS[field](raw)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    return AutosizeBounds(**parsed)
 
 
 class AutosizePolicy(BaseModel):
@@ -160,15 +157,10 @@ class AutosizePolicy(BaseModel):
     headroom: float = Field(1.25, ge=1.0, le=4.0)
     runs: int = Field(5, ge=1, le=50)
 
-    @field_validator("memory", mode="before")
+    @field_validator("memory", "cpu", mode="before")
     @classmethod
-    def _memory(cls, value: Any) -> AutosizeBounds:
-        return _bounds("memory", {"default": "1Gi", "min": "64Mi", "max": "64Gi"})(value)
-
-    @field_validator("cpu", mode="before")
-    @classmethod
-    def _cpu(cls, value: Any) -> AutosizeBounds:
-        return _bounds("cpu", {"default": 1, "min": 0.1, "max": 16})(value)
+    def _quantities(cls, value: Any, info: ValidationInfo) -> AutosizeBounds:
+        return _bounds(info.field_name, value, cls.model_fields[info.field_name].default)
 
 
 class InfraConfig(BaseModel):

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from airflow_infra.config import AutosizePolicy
 
 _READ_AT_MOST = 400  # records read per call: the newest ones, enough for `runs` runs of a wide mapped task
-_KEEP = 1000  # records kept per task; older ones are removed when a new one is written
+_KEEP = 1000  # records kept per task; older ones are removed when history lists them
 _RECORD_KEYS = {"run_id", "map_index", "try_number", "peak_memory_bytes", "cores", "wall_seconds", "requested", "finished_at"}
 
 
@@ -66,12 +66,16 @@ class Sized:
     bound: str | None = None  # "min" / "max" (infra.yaml) or "shm" (the declared shm) when a bound decided it
 
     def shown(self) -> str:
-        return format_bytes(int(self.value)) if self.field == "memory" else f"{self.value:g}"
+        return _show(self.field, self.value)
 
     def to_json(self) -> dict[str, Any]:
         return {"value": self.shown(), "source": self.source, "runs": list(self.runs), "calls": self.calls,
                 "used": None if self.used is None else (format_bytes(int(self.used)) if self.field == "memory" else round(self.used, 3)),
                 "bound": self.bound}
+
+
+def _show(name: str, value: float) -> str:
+    return format_bytes(int(value)) if name == "memory" else f"{value:g}"
 
 
 def resolve(
@@ -108,7 +112,10 @@ def _size(name: str, default: str | None, records: list[dict[str, Any]], policy:
     bounds = getattr(policy, name)
     used = [r["peak_memory_bytes"] if name == "memory" else r["cores"] for r in records]
     used = [u for u in used if u is not None]
+    runs: tuple[str, ...] = ()
+    level, bound = None, None
     if not used:
+        source = "default"
         if default is None:
             value, detail = bounds.default, "(infra.yaml's autosize default: no successful run recorded yet)"
         else:
@@ -117,29 +124,26 @@ def _size(name: str, default: str | None, records: list[dict[str, Any]], policy:
             except ValueError as exc:  # checked at parse time; a rendered template gets here
                 raise InfraSpecError(f"{task}: {name}='auto:{default}': {exc}") from None
             detail = "(the declared first-run default: no successful run recorded yet)"
-        if floor is not None and floor > value:
-            return Sized(name, floor, "default", f"{detail}, raised to shm={format_bytes(int(floor))}", bound="shm")
-        return Sized(name, value, "default", detail)
-    runs = tuple(dict.fromkeys(r["run_id"] for r in records))
-    level = percentile(used, policy.percentile)
-    value, bound = level * policy.headroom, None
-    if value < bounds.min:
-        value, bound = bounds.min, "min"
-    elif value > bounds.max:
-        value, bound = bounds.max, "max"
-    if floor is not None and floor > value:
-        value, bound = floor, "shm"
-    value = _round_up(name, value)
-    shown_level = format_bytes(int(level)) if name == "memory" else f"{level:.2f} cores"
-    detail = (f"from the p{policy.percentile:g} {'peak' if name == 'memory' else 'use'} {shown_level} of {len(used)} "
-              f"call(s) in the last {len(runs)} run(s) ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}) "
-              f"x{policy.headroom:g} headroom")
-    if bound is not None:
-        limit = format_bytes(int(value)) if name == "memory" else f"{value:g}"
-        detail += {"min": f", raised to the minimum {limit} (infra.yaml autosize.{name}.min)",
-                   "max": f", capped at the maximum {limit} (infra.yaml autosize.{name}.max)",
-                   "shm": f", raised to shm={limit}"}[bound]
-    return Sized(name, value, "history", detail, runs, len(used), level, bound)
+    else:
+        source = "history"
+        runs = tuple(dict.fromkeys(r["run_id"] for r in records))
+        level = percentile(used, policy.percentile)
+        value = level * policy.headroom
+        if value < bounds.min:
+            value, bound = bounds.min, "min"
+        elif value > bounds.max:
+            value, bound = bounds.max, "max"
+        value = _round_up(name, value)
+        shown_level = format_bytes(int(level)) if name == "memory" else f"{level:.2f} cores"
+        detail = (f"from the p{policy.percentile:g} {'peak' if name == 'memory' else 'use'} {shown_level} of {len(used)} "
+                  f"call(s) in the last {len(runs)} run(s) ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}) "
+                  f"x{policy.headroom:g} headroom")
+        if bound is not None:
+            detail += f", {'raised to the minimum' if bound == 'min' else 'capped at the maximum'} {_show(name, value)} (infra.yaml autosize.{name}.{bound})"
+    if floor is not None and floor > value:  # shared memory counts against the limit
+        value, bound = (floor if source == "default" else _round_up(name, floor)), "shm"
+        detail += f", raised to shm={_show(name, value)}"
+    return Sized(name, value, source, detail, runs, len(used), level, bound)
 
 
 def _round_up(name: str, value: float) -> float:

@@ -58,6 +58,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sqlite3
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -301,9 +302,22 @@ def _output_problems(case: Case, orig, infra) -> list[str]:
 def originals_db(dags) -> str:
     """A copy of the session's migrated Airflow database for the original examples: each
     case's two `airflow dags test` runs go at once (one per core), and two processes writing
-    one SQLite file would wait on each other's locks."""
+    one SQLite file would wait on each other's locks.
+
+    Copied through SQLite's backup API, never as a file: Airflow keeps its database in WAL
+    mode, and a plain open()/close() of it in this process drops the POSIX locks this
+    process's own pooled connection holds on it; the next `airflow dags test` to exit then
+    takes itself for the last user and deletes the WAL under that connection, which from
+    then on reads no new rows (every case after the first saw its task instances as
+    missing) or corrupts the file ("database disk image is malformed")."""
     copy = dags.home / "airflow-originals.db"
-    shutil.copyfile(dags.home / "airflow.db", copy)
+    source = sqlite3.connect(f"file:{dags.home / 'airflow.db'}?mode=ro", uri=True)
+    target = sqlite3.connect(copy)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
     return f"sqlite:///{copy}"
 
 

@@ -20,6 +20,14 @@ What this stand-in does, when moto starts a job container whose definition has `
     (`ResourceInitializationError: ...`), when the definition has no `executionRoleArn`, or
     a reference cannot be resolved (no such secret, deleted, binary, not a Secrets Manager ARN).
 
+And the agent's memory limit, which moto does not set (its job containers run unbounded):
+  - the job's MEMORY (the container overrides' resourceRequirements, else the job
+    definition's; MiB) becomes the container's hard memory limit, as ECS sets it;
+  - a container the kernel killed for memory (Docker's State.OOMKilled) is reported as Batch
+    reports it: the attempt's container `reason` "OutOfMemoryError: Container killed due to
+    memory usage", its `exitCode` 137, and the job's statusReason "Essential container in
+    task exited". Any other exit keeps moto's report.
+
 What it does not do: evaluate IAM (moto checks no policy, so the execution role's
 secretsmanager:GetSecretValue permission is not tested here), KMS decryption, SSM Parameter
 Store references (airflow-infra does not use them; they fail the job here), `secretOptions`
@@ -74,9 +82,40 @@ def injected_environment(job: batch.Job) -> dict[str, str]:
     return {entry["name"]: resolve(entry["valueFrom"]) for entry in secrets}
 
 
+def memory_mib(job: batch.Job) -> int | None:
+    """The job's MEMORY as ECS applies it: the overrides' resourceRequirements replace the definition's."""
+    for requirement in (job.container_overrides or {}).get("resourceRequirements") or []:
+        if requirement.get("type") == "MEMORY":
+            return int(requirement["value"])
+    value = job.job_definition._get_resource_requirement("memory")
+    return int(value) if value else None
+
+
+OOM_REASON = "OutOfMemoryError: Container killed due to memory usage"
+
+
+class _Watched:
+    """A job's container whose end is reported as the agent reports it (an OOM kill)."""
+
+    def __init__(self, container: Any, job: batch.Job):
+        self._container, self._job = container, job
+
+    def wait(self, *args: Any, **kwargs: Any) -> Any:
+        result = self._container.wait(*args, **kwargs)
+        self._container.reload()
+        if self._container.attrs.get("State", {}).get("OOMKilled") and self._job.latest_attempt:
+            self._job.latest_attempt["container"].update({"reason": OOM_REASON, "exitCode": 137})
+            self._job.job_stopped_reason = "Essential container in task exited"
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
 class _Containers:
     """moto's `docker_client.containers`, whose run() starts the container with the secrets
-    set, resolved at that moment (as the agent does, after the job left RUNNABLE)."""
+    set, resolved at that moment (as the agent does, after the job left RUNNABLE), and the
+    job's memory as its hard limit."""
 
     def __init__(self, containers: Any, job: batch.Job):
         self._containers, self._job = containers, job
@@ -87,7 +126,10 @@ class _Containers:
         except SecretNotInjected as exc:
             self._job.job_stopped_reason = f"ResourceInitializationError: unable to pull secrets: {exc}"
             raise
-        return self._containers.run(**{**kwargs, "environment": {**kwargs.get("environment", {}), **secrets}})
+        memory = memory_mib(self._job)
+        limits = {"mem_limit": f"{memory}m", "memswap_limit": f"{memory}m"} if memory else {}
+        container = self._containers.run(**{**kwargs, **limits, "environment": {**kwargs.get("environment", {}), **secrets}})
+        return _Watched(container, self._job)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._containers, name)
@@ -104,15 +146,15 @@ class _AgentDockerClient:
 _moto_run = batch.Job.run
 
 
-def _run_with_secrets(self: batch.Job) -> None:
-    if (self.job_definition.container_properties or {}).get("secrets"):
+def _run_as_the_agent(self: batch.Job) -> None:
+    if self.job_definition.container_properties is not None:
         # DockerModel keeps its client in this (name-mangled) attribute; the job's thread
         # uses it for everything, and only containers.run changes.
         self._DockerModel__docker_client = _AgentDockerClient(self.docker_client, self)
     _moto_run(self)
 
 
-batch.Job.run = _run_with_secrets
+batch.Job.run = _run_as_the_agent
 
 
 if __name__ == "__main__":

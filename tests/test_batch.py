@@ -18,12 +18,12 @@ from tests.conftest import MOTO
 pytestmark = pytest.mark.integration
 
 
-def write_batch_yaml(docker_yaml, moto_s3: str, queue: str, deferrable: bool = False) -> str:
+def write_batch_yaml(docker_yaml, moto_s3: str, queue: str, deferrable: bool = False, rules: str = "") -> str:
     docker_yaml(  # appended under `targets:`, so the batch target comes first
         f"  gpu: {{kind: batch, job_queue: {queue}, region: us-east-1, pass_credentials: true, poll_interval: 1, "
         f"deferrable: {str(deferrable).lower()}}}\n"
         f"artifacts: {moto_s3}\n"
-        "rules:\n  - {when: \"memory >= 512Mi\", target: gpu}\n  - {target: local}\n"
+        + (rules or "rules:\n  - {when: \"memory >= 512Mi\", target: gpu}\n  - {target: local}\n")
     )
     return moto_s3
 
@@ -71,6 +71,22 @@ def test_deferrable_mode_resumes_from_the_store(dags, docker_yaml, moto_s3, batc
     assert "task 'dies': Batch job" in run.output and "about to die" in run.output
     assert "BatchJobTrigger" in run.output or "defer" in run.output.lower()
     assert Client(store).run("infra_batch_failures", run.run_id)["raises"].target == "gpu"
+
+
+def test_an_oom_killed_job_is_retried_as_a_job_with_double_the_memory(dags, docker_yaml, moto_s3, batch_queue):
+    """The moto double gives the container the job's MEMORY as its limit and reports the
+    kernel's kill as Batch does (dev/moto_server.py)."""
+    write_batch_yaml(docker_yaml, moto_s3, batch_queue, rules="rules:\n  - {target: gpu}\noom: {max_memory: 128Mi}\n")
+    run = dags.test("infra_oom_remote")
+    assert run.succeeded, run.output[-5000:]
+    grows = Client(moto_s3).run("infra_oom_remote", run.run_id)["grows"][-1]
+    assert grows.result == 70 << 20
+    call = grows.meta
+    assert call["try_number"] == 2 and call["target"] == "gpu" and call["resources"]["memory"] == 128 << 20
+    assert call["escalated"]["from"] == "64Mi" and call["escalated"]["to"] == "128Mi"
+    assert "OutOfMemoryError: Container killed due to memory usage" in run.output
+    assert "task 'grows': out of memory: the task hit its memory limit of 64Mi" in run.output
+    assert "memory escalated from 64Mi to 128Mi after try 1's out-of-memory kill" in run.output
 
 
 @pytest.mark.fault

@@ -230,6 +230,22 @@ def test_deferrable_mode_resumes_from_the_store(dags, docker_yaml, moto_s3, fake
 
 
 @pytest.mark.integration
+def test_an_oom_killed_pod_is_retried_in_a_pod_with_double_the_memory(dags, docker_yaml, moto_s3, fake_kube):
+    write_kube_yaml(docker_yaml, moto_s3, rules="rules:\n  - {target: k8s}\noom: {max_memory: 128Mi}\n")
+    run = dags.test("infra_oom_remote")
+    assert run.succeeded, run.output[-5000:]
+    grows = Client(moto_s3).run("infra_oom_remote", run.run_id)["grows"][-1]
+    assert grows.result == 70 << 20
+    call = grows.meta
+    assert call["try_number"] == 2 and call["target"] == "k8s" and call["resources"]["memory"] == 128 << 20
+    assert call["escalated"]["from"] == "64Mi" and call["escalated"]["to"] == "128Mi"
+    assert "its container's terminated reason is OOMKilled" in run.output
+    assert "task 'grows': out of memory: the task hit its memory limit of 64Mi" in run.output
+    assert "memory escalated from 64Mi to 128Mi after try 1's out-of-memory kill" in run.output
+    assert pods_gone("grows")  # both tries' pods
+
+
+@pytest.mark.integration
 def test_killing_the_task_deletes_its_pod(airflow_db, docker_yaml, moto_s3, fake_kube):
     write_kube_yaml(docker_yaml, moto_s3)
     proc = subprocess.Popen(

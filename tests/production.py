@@ -112,7 +112,7 @@ def deployment_yaml(registry: str, artifacts: str) -> str:
 
     certs = [os.environ["SSL_CERT_FILE"]] if os.environ.get("SSL_CERT_FILE") else []
     k8s = (
-        "  k8s: {kind: kubernetes, namespace: ml, pass_credentials: true, deferrable: true, "
+        "  k8s: {kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true, deferrable: true, "
         "dashboard_url: 'https://dashboard.test/#/pod/{namespace}/{name}'}\n"
     )
     return routing_yaml(registry).replace("targets:\n", "targets:\n" + k8s) + f"artifacts: {artifacts}\nca_certificates: {certs}\n"

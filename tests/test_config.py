@@ -139,6 +139,8 @@ HOSTILE_YAML = [
     ("targets: {k8s: {kind: kubernetes, labels: {team: 'x y'}}}\n", "labels"),
     ("targets: {k8s: {kind: kubernetes, pod_template_file: /no/such/file.yaml}}\n", "pod_template_file"),
     ("targets: {k8s: {kind: kubernetes, startup_timeout: -5}}\n", "startup_timeout"),
+    ("targets: {k8s: {kind: kubernetes, startup_check_interval: 0}}\n", "startup_check_interval"),
+    ("targets: {k8s: {kind: kubernetes, startup_check_interval: 1.5}}\n", "startup_check_interval"),
     ("targets: {d: {kind: docker, network: 'host; rm'}}\n", "network"),
     ("targets: {l: {kind: local, python: /bin/sh}}\n", "python"),
     ("rules: [{when: '', target: local}]\n", "ends too early"),

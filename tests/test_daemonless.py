@@ -411,7 +411,7 @@ def test_daemonless_images_run_as_pods(dags, docker_yaml, moto_s3, fake_kube, ba
     """Through the real KubernetesPodOperator against the fake Kubernetes API (a test double
     running pods as Docker containers), with the store on moto's S3 (s3fs in the image)."""
     docker_yaml(
-        "  k8s: {kind: kubernetes, namespace: ml, pass_credentials: true, startup_timeout: 60}\n"
+        "  k8s: {kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true, startup_timeout: 60}\n"
         f"builder: daemonless\nbase_image: {BASE}\nartifacts: {moto_s3}\nrules:\n  - {{target: k8s}}\n",
         namespace="-dlk8s",
     )

@@ -138,16 +138,16 @@ def test_bad_kubernetes_config_is_refused():
 
 def write_kube_yaml(docker_yaml, moto_s3: str, *, deferrable: bool = False, rules: str = "", extra: str = "") -> str:
     return docker_yaml(  # appended under `targets:`
-        f"  k8s: {{kind: kubernetes, namespace: ml, pass_credentials: true, deferrable: {str(deferrable).lower()}, "
+        f"  k8s: {{kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true, deferrable: {str(deferrable).lower()}, "
         "startup_timeout: 60, dashboard_url: 'https://dashboard.test/#/pod/{namespace}/{name}'}\n"
         # The same registry seen under an address nothing answers at: every pull fails.
-        "  k8s-unreachable: {kind: kubernetes, namespace: ml, pass_credentials: true, pull_registry: '127.0.0.1:5999/gone'}\n"
+        "  k8s-unreachable: {kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true, pull_registry: '127.0.0.1:5999/gone'}\n"
         # Pods that cannot start fail after 5 s, not the default 120.
-        f"  k8s-quick: {{kind: kubernetes, namespace: ml, pass_credentials: true, startup_timeout: 5, deferrable: {str(deferrable).lower()}}}\n"
-        f"  k8s-nonroot: {{kind: kubernetes, namespace: ml, pass_credentials: true, startup_timeout: 5, deferrable: {str(deferrable).lower()}, "
+        f"  k8s-quick: {{kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true, startup_timeout: 5, deferrable: {str(deferrable).lower()}}}\n"
+        f"  k8s-nonroot: {{kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true, startup_timeout: 5, deferrable: {str(deferrable).lower()}, "
         "security_context: {runAsNonRoot: true}}\n"
         # The production way to the store: the service account's role, no keys (pass_credentials off).
-        "  k8s-irsa: {kind: kubernetes, namespace: ml, service_account: s3-runner}\n"
+        "  k8s-irsa: {kind: kubernetes, namespace: ml, startup_check_interval: 1, service_account: s3-runner}\n"
         + extra
         + f"artifacts: {moto_s3}\n"
         + (rules or "rules:\n  - {when: \"memory >= 512Mi\", target: k8s}\n  - {target: local}\n")
@@ -516,7 +516,7 @@ def pod_template_targets(tmp_path, deferrable: bool) -> str:
         containers = "  containers:\n  - {name: base, image: placeholder}\n"
         template.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: template}\nspec:\n"
                             + (extra + containers if name == "init" else containers + extra))
-        lines += (f"  k8s-{name}: {{kind: kubernetes, namespace: ml, pass_credentials: true, startup_timeout: 60, "
+        lines += (f"  k8s-{name}: {{kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true, startup_timeout: 60, "
                   f"deferrable: {str(deferrable).lower()}, pod_template_file: '{template}'}}\n")
     return lines
 

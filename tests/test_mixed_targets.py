@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 def test_seed_scenario_spans_local_kubernetes_and_batch(dags, docker_yaml, moto_s3, batch_queue, fake_kube, seed_data):
     docker_yaml(  # appended under `targets:`
-        "  k8s: {kind: kubernetes, namespace: ml, pass_credentials: true}\n"
+        "  k8s: {kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true}\n"
         f"  gpu: {{kind: batch, job_queue: {batch_queue}, region: us-east-1, pass_credentials: true, poll_interval: 1}}\n"
         f"artifacts: {moto_s3}\n"
         "rules:\n"

@@ -59,6 +59,9 @@ class KubernetesTarget(TargetConfig):
     # Wait for the pod in the triggerer instead of holding a worker slot.
     deferrable: bool = False
     startup_timeout: int = Field(default=120, gt=0)
+    # How often the provider asks whether the pod has started (KubernetesPodOperator's
+    # startup_check_interval_seconds; its default, 5 s, is most of a short task's latency).
+    startup_check_interval: int = Field(default=5, ge=1, le=300)
     # The Kubernetes pod link of a task instance, e.g.
     # "https://dashboard.example/#/pod/{namespace}/{name}?namespace={namespace}".
     dashboard_url: str | None = None

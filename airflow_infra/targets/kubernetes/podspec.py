@@ -119,6 +119,7 @@ def operator_arguments(
         "pod_template_file": target.pod_template_file,
         "active_deadline_seconds": math.ceil(res.timeout) if res.timeout else None,
         "startup_timeout_seconds": target.startup_timeout,
+        "startup_check_interval_seconds": target.startup_check_interval,
         "deferrable": target.deferrable,
         "get_logs": True,  # the pod's output streams into the task log
         "do_xcom_push": False,  # results travel through the artifact store

@@ -90,3 +90,18 @@ class DagRunner:
         finished = [line for line in output.splitlines() if "DagRun Finished" in line]
         match = _RUN_ID.search(finished[-1]) if finished else None
         return DagRun(dag_id, proc.returncode, output, match.group(1) if match else None, self.home / "infra" / "artifacts")
+
+
+def check_remote_escalation(run: DagRun, store: str, target: str, evidence: str) -> None:
+    """What tests/dags/infra_oom_remote.py leaves when `target` (a remote one, artifacts in
+    `store`) killed try 1 for memory and on_oom escalated try 2 to 128Mi; `evidence` is how
+    the platform said it."""
+    assert run.succeeded, run.output[-5000:]
+    grows = Client(store).run("infra_oom_remote", run.run_id or "")["grows"][-1]
+    assert grows.result == 70 << 20
+    call = grows.meta
+    assert call["try_number"] == 2 and call["target"] == target and call["resources"]["memory"] == 128 << 20
+    assert call["escalated"]["from"] == "64Mi" and call["escalated"]["to"] == "128Mi"
+    assert evidence in run.output
+    assert "task 'grows': out of memory: the task hit its memory limit of 64Mi" in run.output
+    assert "memory escalated from 64Mi to 128Mi after try 1's out-of-memory kill" in run.output

@@ -14,6 +14,7 @@ import pytest
 
 from airflow_infra.client import Client
 from tests.conftest import MOTO
+from tests.dagrun import check_remote_escalation
 
 pytestmark = pytest.mark.integration
 
@@ -78,15 +79,7 @@ def test_an_oom_killed_job_is_retried_as_a_job_with_double_the_memory(dags, dock
     kernel's kill as Batch does (dev/moto_server.py)."""
     write_batch_yaml(docker_yaml, moto_s3, batch_queue, rules="rules:\n  - {target: gpu}\noom: {max_memory: 128Mi}\n")
     run = dags.test("infra_oom_remote")
-    assert run.succeeded, run.output[-5000:]
-    grows = Client(moto_s3).run("infra_oom_remote", run.run_id)["grows"][-1]
-    assert grows.result == 70 << 20
-    call = grows.meta
-    assert call["try_number"] == 2 and call["target"] == "gpu" and call["resources"]["memory"] == 128 << 20
-    assert call["escalated"]["from"] == "64Mi" and call["escalated"]["to"] == "128Mi"
-    assert "OutOfMemoryError: Container killed due to memory usage" in run.output
-    assert "task 'grows': out of memory: the task hit its memory limit of 64Mi" in run.output
-    assert "memory escalated from 64Mi to 128Mi after try 1's out-of-memory kill" in run.output
+    check_remote_escalation(run, moto_s3, "gpu", "OutOfMemoryError: Container killed due to memory usage")
 
 
 @pytest.mark.fault

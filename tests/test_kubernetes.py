@@ -24,6 +24,7 @@ from airflow_infra.targets.kubernetes.podspec import TASK_DIR_ANNOTATION, make_o
 from airflow_infra.errors import InfraConfigError
 from airflow_infra.spec import Environment, Resources
 from tests.conftest import FAKE_KUBE_API
+from tests.dagrun import check_remote_escalation
 
 K8S_VERSION = "1.33"
 FAKE_API = FAKE_KUBE_API
@@ -233,15 +234,7 @@ def test_deferrable_mode_resumes_from_the_store(dags, docker_yaml, moto_s3, fake
 def test_an_oom_killed_pod_is_retried_in_a_pod_with_double_the_memory(dags, docker_yaml, moto_s3, fake_kube):
     write_kube_yaml(docker_yaml, moto_s3, rules="rules:\n  - {target: k8s}\noom: {max_memory: 128Mi}\n")
     run = dags.test("infra_oom_remote")
-    assert run.succeeded, run.output[-5000:]
-    grows = Client(moto_s3).run("infra_oom_remote", run.run_id)["grows"][-1]
-    assert grows.result == 70 << 20
-    call = grows.meta
-    assert call["try_number"] == 2 and call["target"] == "k8s" and call["resources"]["memory"] == 128 << 20
-    assert call["escalated"]["from"] == "64Mi" and call["escalated"]["to"] == "128Mi"
-    assert "its container's terminated reason is OOMKilled" in run.output
-    assert "task 'grows': out of memory: the task hit its memory limit of 64Mi" in run.output
-    assert "memory escalated from 64Mi to 128Mi after try 1's out-of-memory kill" in run.output
+    check_remote_escalation(run, moto_s3, "k8s", "its container's terminated reason is OOMKilled")
     assert pods_gone("grows")  # both tries' pods
 
 

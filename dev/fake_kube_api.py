@@ -36,7 +36,13 @@ cluster:
   reason Evicted and the kubelet's message, a DisruptionTarget condition and an Evicted event,
   its containers SIGTERM then SIGKILL after 1 s (exit 137, reason Error: not OOMKilled).
 
-Served: pods create/get/list (labelSelector)/patch (labels, annotations)/delete, secrets
+- batch/v1 Jobs (fake_kube_jobs.py): the job controller's pods per index, retries and
+  per-index back-off limits, status counts and conditions, deletion by propagation policy;
+  container variables from the downward API's fieldRef (metadata name, namespace, uid, a
+  label or an annotation), as JOB_COMPLETION_INDEX reaches an Indexed Job's pods.
+
+Served: pods create/get/list (labelSelector)/patch (labels, annotations)/delete, jobs
+create/get/list/delete, secrets
 create/get/patch (labels, annotations, ownerReferences)/delete (mounted into pods as read-only
 files; a missing one is CreateContainerConfigError until it exists; owned ones are garbage-
 collected with their pod), pod logs
@@ -75,6 +81,8 @@ from urllib.parse import parse_qs, urlsplit
 import docker
 import docker.errors
 from fake_kube_eviction import storage_eviction, to_bytes, writable_layer
+from fake_kube_jobs import Jobs, env_value
+from fake_kube_jobs import invalid as invalid_job
 
 LABEL = "airflow-infra.fake-kube"
 
@@ -503,7 +511,7 @@ class Cluster:
                 options["volumes"][self._empty_dir(pod, mount["name"])] = {"bind": mount["mountPath"], "mode": "rw"}
         if "runAsUser" in security:
             options["user"] = f"{security['runAsUser']}:{security.get('runAsGroup', security['runAsUser'])}"
-        env = {e["name"]: e.get("value", "") for e in container.get("env") or []}
+        env = {e["name"]: env_value(pod, e) for e in container.get("env") or []}
         options["environment"] = env
         if "AWS_WEB_IDENTITY_TOKEN_FILE" in env and role_of(pod):  # the token the kubelet projects
             options["volumes"][str(self._token_dir(pod))] = {"bind": TOKEN_DIR, "mode": "ro"}
@@ -706,6 +714,7 @@ def public(pod: dict) -> dict:
 
 class Handler(BaseHTTPRequestHandler):
     cluster: Cluster
+    jobs: Jobs  # batch/v1 (fake_kube_jobs.py)
     protocol_version = "HTTP/1.0"  # log streams end when the connection closes
 
     def log_message(self, fmt: str, *args) -> None:  # quiet; errors still reach stderr via send_error
@@ -732,6 +741,61 @@ class Handler(BaseHTTPRequestHandler):
         ns, kind, name, log = match.groups()
         return (kind + (log or "")), ns, name, query
 
+    def _job_route(self) -> tuple[str, str | None, bool, dict] | None:
+        """/apis/batch/v1/namespaces/{ns}/jobs[/{name}[/status]]: (ns, name, status, query)."""
+        url = urlsplit(self.path)
+        match = re.fullmatch(r"/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?(/status)?", url.path)
+        if not match:
+            return None
+        return match.group(1), match.group(2), bool(match.group(3)), {k: v[-1] for k, v in parse_qs(url.query).items()}
+
+    def _jobs(self, method: str) -> bool:
+        """Serve a batch/v1 Job request; False when the path is not one."""
+        route = self._job_route()
+        if route is None:
+            return False
+        ns, name, _, query = route
+        if method == "POST" and name is None:
+            body = self._body()
+            problems = invalid_job(body)
+            if problems:
+                shown = (body.get("metadata") or {}).get("name") or ""
+                self._reply(422, status(422, "Invalid", f'Job.batch "{shown}" is invalid: ' + ", ".join(problems)))
+                return True
+            try:
+                job = self.jobs.create(ns, body)
+            except KeyError as exc:
+                self._reply(409, status(409, "AlreadyExists", f"jobs.batch {exc} already exists"))
+                return True
+            with self.cluster.lock:
+                self._reply(201, job)
+            return True
+        if method == "GET" and name is None:
+            with self.cluster.lock:
+                items = [j for (n, _), j in self.jobs.jobs.items()
+                         if n == ns and matches(j["metadata"].get("labels") or {}, query.get("labelSelector", ""))]
+                self._reply(200, {"kind": "JobList", "apiVersion": "batch/v1", "metadata": {}, "items": items})
+            return True
+        if method == "GET":
+            with self.cluster.lock:
+                job = self.jobs.jobs.get((ns, name))
+                if job is None:
+                    self._reply(404, status(404, "NotFound", f'jobs.batch "{name}" not found'))
+                else:
+                    self._reply(200, job)
+            return True
+        if method == "DELETE" and name is not None:
+            policy = self._body().get("propagationPolicy") or query.get("propagationPolicy")
+            job = self.jobs.delete(ns, name, policy)
+            if job is None:
+                self._reply(404, status(404, "NotFound", f'jobs.batch "{name}" not found'))
+            else:
+                with self.cluster.lock:
+                    self._reply(200, job)
+            return True
+        self._reply(405, status(405, "MethodNotAllowed", f"{method} {self.path} is not served by this test double"))
+        return True
+
     def _pod(self, ns: str, name: str) -> dict | None:
         pod = self.cluster.pods.get((ns, name))
         if pod is None:
@@ -739,6 +803,8 @@ class Handler(BaseHTTPRequestHandler):
         return pod
 
     def do_GET(self) -> None:  # noqa: N802
+        if self._jobs("GET"):
+            return None
         if urlsplit(self.path).path == "/version":
             return self._reply(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0-fake-airflow-infra"})
         what, ns, name, query = self._route()
@@ -845,6 +911,8 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(0.1)
 
     def do_POST(self) -> None:  # noqa: N802
+        if self._jobs("POST"):
+            return None
         what, ns, name, _ = self._route()
         if what == "secrets" and name is None:
             return self._create_secret(ns, self._body())
@@ -903,6 +971,8 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(200, public(pod))
 
     def do_DELETE(self) -> None:  # noqa: N802
+        if self._jobs("DELETE"):
+            return None
         what, ns, name, query = self._route()
         if what == "secrets" and name:
             with self.cluster.lock:
@@ -926,6 +996,7 @@ def main() -> None:
                         help="seconds between a pod's steps (scheduling, container creation, a pull's failure)")
     args = parser.parse_args()
     Handler.cluster = Cluster(args.pace)
+    Handler.jobs = Jobs(Handler.cluster)
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     print(f"fake Kubernetes API (a test double) on http://{args.host}:{args.port}", flush=True)

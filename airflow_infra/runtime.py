@@ -45,6 +45,11 @@ CONTROL = "AIRFLOW_INFRA_CONTROL_FD"  # names, in serve mode, the fd of the cont
 # definition's secret; the runtime unsets it before the call loads: batch). Unset: none, or
 # (local target) they came in the server's request. This variable says only where, never a value.
 CONNECTIONS = "AIRFLOW_INFRA_CONNECTIONS"
+# Where the call's own store credentials are (kubernetes and batch targets with
+# store_credentials): "file:PATH" or "env:NAME" as above, a JSON {key, secret, token}. The
+# runtime reads and writes the store with them alone; the function's environment never has them.
+STORE_CREDENTIALS = "AIRFLOW_INFRA_STORE_CREDENTIALS"
+_store_options: dict[str, str] = {}  # fsspec options for the store (the credentials above), once read
 
 
 @contextmanager
@@ -94,7 +99,7 @@ def open_read(path: str) -> Any:
     if is_uri(path):
         import fsspec  # images for remote stores carry it
 
-        return fsspec.open(plain_uri(path), "rb").open()
+        return fsspec.open(plain_uri(path), "rb", **_store_options).open()
     return open(path[len("file://"):] if path.startswith("file://") else path, "rb")
 
 
@@ -104,7 +109,7 @@ def open_write(path: str) -> Iterator[Any]:
     if is_uri(path):
         import fsspec
 
-        with fsspec.open(plain_uri(path), "wb") as fh:
+        with fsspec.open(plain_uri(path), "wb", **_store_options) as fh:
             yield fh
     else:
         with atomic_file(path) as fh:
@@ -275,13 +280,22 @@ def _write_outputs(result: Any, call: dict[str, Any], out_dir: str) -> list[dict
     return described
 
 
-def _connections_from_environment(name: str) -> dict[str, Any]:
-    """The connections' JSON from the variable `name`, which is unset first: the function and
-    the processes it starts never see it in their environment."""
-    text = os.environ.pop(name, None)
-    if text is None:
-        raise RuntimeError(f"{CONNECTIONS} names the variable {name}, which is not set: the job's secrets were not injected")
-    return json.loads(text)
+def _secret_document(variable: str) -> Any:
+    """The JSON document the variable `variable` says where to find ("file:PATH", a mounted
+    Secret; "env:NAME", a variable Batch set from the job's secret), or None when it is unset.
+    Both variables are unset first: the function and the processes it starts never see them."""
+    source = os.environ.pop(variable, None)
+    if source is None:
+        return None
+    if source.startswith("file:"):
+        with open(source.removeprefix("file:"), "rb") as fh:
+            return json.load(fh)
+    if source.startswith("env:"):
+        text = os.environ.pop(source.removeprefix("env:"), None)
+        if text is None:
+            raise RuntimeError(f"{variable} names the variable {source[4:]}, which is not set: the job's secrets were not injected")
+        return json.loads(text)
+    raise RuntimeError(f"{variable} is {source!r}: expected file:PATH or env:NAME")
 
 
 def _file_sha256(path: str) -> str:
@@ -302,15 +316,15 @@ def main(argv: list[str], connections: dict[str, Any] | None = None) -> int:
     try:
         # Before the call is unpickled: a function may name connection() from the DAG's
         # module, which unpickles as a reference to this module's.
-        source = os.environ.pop(CONNECTIONS, None)
-        if connections is None and source == "stdin":
-            connections = json.loads(sys.stdin.buffer.read() or b"{}")
-            sys.stdin.close()  # read to its end: the function has nothing more to read there
-        elif connections is None and source and source.startswith("file:"):  # a pod's Secret, mounted read-only
-            with open(source.removeprefix("file:"), "rb") as fh:
-                connections = json.load(fh)
-        elif connections is None and source and source.startswith("env:"):  # a Batch job's secret, injected by Batch
-            connections = _connections_from_environment(source.removeprefix("env:"))
+        _store_options.update(_secret_document(STORE_CREDENTIALS) or {})  # before the call is read
+        if os.environ.get(CONNECTIONS) == "stdin":
+            del os.environ[CONNECTIONS]
+            if connections is None:
+                connections = json.loads(sys.stdin.buffer.read() or b"{}")
+                sys.stdin.close()  # read to its end: the function has nothing more to read there
+        else:
+            from_secret = _secret_document(CONNECTIONS)  # a pod's Secret, a Batch job's secret
+            connections = connections if connections is not None else from_secret
         install_connections(connections or {})
         with open_read(call_path) as fh:
             call = pickle.load(fh)

@@ -28,7 +28,11 @@ And the agent's memory limit, which moto does not set (its job containers run un
     memory usage", its `exitCode` 137, and the job's statusReason "Essential container in
     task exited". Any other exit keeps moto's report.
 
-What it does not do: evaluate IAM (moto checks no policy, so the execution role's
+And IAM session policies on S3 (dev/moto_session_policies.py): credentials of an assumed
+role with a session policy can do on S3 only what that policy allows, as per-call store
+credentials need. Everything else stays unchecked, as in moto.
+
+What it does not do: evaluate IAM otherwise (moto checks no policy, so the execution role's
 secretsmanager:GetSecretValue permission is not tested here), KMS decryption, SSM Parameter
 Store references (airflow-infra does not use them; they fail the job here), `secretOptions`
 of a log configuration, or re-reading a secret for a retried attempt (moto does not retry).
@@ -45,6 +49,8 @@ from typing import Any
 
 from moto.batch import models as batch
 from moto.secretsmanager.models import secretsmanager_backends
+
+import moto_session_policies  # noqa: E402,F401  (dev/, this script's folder: patches moto's S3 checks on import)
 
 
 class SecretNotInjected(Exception):

@@ -343,14 +343,14 @@ def test_kubernetes_calls_get_their_connections_from_a_secret_owned_by_the_pod(d
     def look(_pid: int) -> dict:
         pods = requests.get(f"{FAKE_API}/api/v1/namespaces/ml/pods", timeout=5).json()["items"]
         pod = next(p for p in pods if p["metadata"]["name"].startswith("reads-them"))
-        secret = requests.get(f"{FAKE_API}/api/v1/namespaces/ml/secrets/{pod['metadata']['name']}-connections", timeout=5).json()
+        secret = requests.get(f"{FAKE_API}/api/v1/namespaces/ml/secrets/{pod['metadata']['name']}-secrets", timeout=5).json()
         return {"pod": json.dumps(pod).encode(), "spec": pod["spec"], "uid": pod["metadata"]["uid"], "secret": secret}
 
     run, seen = _run_holding(dags, {**env, "AIRFLOW_INFRA_TARGET": "k8s"}, look)
     assert run.succeeded, run.output[-4000:]
     assert not [s for s in secrets if s in seen["pod"]]  # not in the spec, its env or its status
     env_of_pod = {e["name"]: e.get("value") for e in seen["spec"]["containers"][0]["env"]}
-    assert env_of_pod["AIRFLOW_INFRA_CONNECTIONS"] == "file:/var/run/airflow-infra/connections/connections.json"
+    assert env_of_pod["AIRFLOW_INFRA_CONNECTIONS"] == "file:/var/run/airflow-infra/secrets/connections.json"
     assert seen["secret"]["metadata"]["ownerReferences"][0]["uid"] == seen["uid"]  # collected with the pod
     assert any(v.get("secret") for v in seen["spec"]["volumes"])
     from airflow_infra.client import Client
@@ -362,7 +362,7 @@ def test_kubernetes_calls_get_their_connections_from_a_secret_owned_by_the_pod(d
     assert [stored["mapped"][i].result for i in (0, 1)] == [[1, digest(PLANTED_CONN_SECRET)], [2, digest(PLANTED_CONN_SECRET)]]
     everything = [*secrets, PLANTED_CONN_SECRET.encode()]
     assert not [s for s in everything if s in run.output.encode()]  # the task log, the operator's pod logging
-    listed = requests.get(f"{FAKE_API}/api/v1/namespaces/ml/secrets/{json.loads(seen['pod'])['metadata']['name']}-connections", timeout=5)
+    listed = requests.get(f"{FAKE_API}/api/v1/namespaces/ml/secrets/{json.loads(seen['pod'])['metadata']['name']}-secrets", timeout=5)
     assert listed.status_code == 404  # deleted when the task ended
     assert pods_gone("reads-them") and pods_gone("mapped")
 
@@ -437,9 +437,10 @@ def test_batch_calls_get_their_connections_from_a_secret_of_their_own(dags, dock
     # While the job ran: one secret, named after the call, and one definition revision using it.
     call = SimpleNamespace(dag_id="infra_connections_batch", task_id="on_batch", run_id=run.run_id, map_index=-1, try_number=1)
     assert [s["Name"] for s in seen["secrets"]] == [secret_name(call)]
-    assert {"Key": "airflow-infra-purpose", "Value": "call-connections"} in seen["secrets"][0]["Tags"]
+    assert {"Key": "airflow-infra-purpose", "Value": "call-secrets"} in seen["secrets"][0]["Tags"]
     (definition,) = seen["definitions"]
-    assert definition["containerProperties"]["secrets"] == [{"name": "AIRFLOW_INFRA_CONNECTIONS_JSON", "valueFrom": seen["secrets"][0]["ARN"]}]
+    assert definition["containerProperties"]["secrets"] == [
+        {"name": "AIRFLOW_INFRA_CONNECTIONS_JSON", "valueFrom": seen["secrets"][0]["ARN"] + ":connections::"}]
     assert definition["containerProperties"]["executionRoleArn"] == role
     assert {"name": "AIRFLOW_INFRA_CONNECTIONS", "value": "env:AIRFLOW_INFRA_CONNECTIONS_JSON"} in definition["containerProperties"]["environment"]
     (job,) = [j for j in seen["jobs"] if j["jobId"] not in jobs_before]
@@ -504,9 +505,10 @@ def test_killing_a_batch_call_releases_its_secret_and_definition_revision(moto_s
     secret = secrets.create_secret(secretsmanager, call, {"team": "ml"})
     call.connections = ConnectionValues({"db": {"password": "second"}})
     assert secrets.create_secret(secretsmanager, call, {"team": "ml"}) == secret
-    assert json.loads(secretsmanager.get_secret_value(SecretId=secret)["SecretString"]) == {"db": {"password": "second"}}
+    held = json.loads(secretsmanager.get_secret_value(SecretId=secret)["SecretString"])
+    assert held.keys() == {"connections"} and json.loads(held["connections"]) == {"db": {"password": "second"}}
     tags = {t["Key"]: t["Value"] for t in secretsmanager.describe_secret(SecretId=secret)["Tags"]}
-    assert tags == {"team": "ml", "airflow-infra-purpose": "call-connections"}
+    assert tags == {"team": "ml", "airflow-infra-purpose": "call-secrets"}
     call.connections = ConnectionValues({"db": {"password": "x" * secrets.MAX_VALUE}})
     with pytest.raises(InfraTaskFailed, match="DAG 'killed', task 't': connections: their values take .* more than the 65536"):
         secrets.create_secret(secretsmanager, call, {})

@@ -139,3 +139,44 @@ def test_path_components_are_injective_and_never_name_the_stores_own_folders():
     for value, name in zip(hostile, out):
         assert re.match(r"[A-Za-z0-9._~-]{1,255}\Z", name), (value, name)
         assert name not in (".", "..", CACHE_DIR), value
+
+
+@pytest.mark.parametrize("channel", ["file", "env"])
+def test_store_credentials_reach_the_runtime_and_never_the_function(tmp_path, channel):
+    """A pod's Secret file or a Batch job's injected variable: read, and unset, before the call loads."""
+    import os
+
+    document = json.dumps({"key": "ASIAKEY", "secret": "s3cret", "token": "t0ken"})
+    if channel == "file":
+        (tmp_path / "store.json").write_text(document)
+        env = {runtime.STORE_CREDENTIALS: f"file:{tmp_path / 'store.json'}"}
+    else:
+        env = {runtime.STORE_CREDENTIALS: "env:INJECTED_STORE", "INJECTED_STORE": document}
+
+    def look():
+        import os
+
+        from airflow_infra import runtime as inside
+
+        return {"options": dict(inside._store_options), "seen": sorted(k for k in os.environ if "STORE" in k)}
+
+    call = tmp_path / "call.pkl"
+    call.write_bytes(dumps_call(look, [], {}, roots=[], xcom_max_bytes=1024)[0])
+    proc = subprocess.run([sys.executable, "-P", runtime.__file__, str(call), str(tmp_path / "out")],
+                          capture_output=True, text=True, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr
+    result = loads_plain((tmp_path / "out" / "out-0.pkl").read_bytes())
+    assert result == {"options": {"key": "ASIAKEY", "secret": "s3cret", "token": "t0ken"}, "seen": []}
+    assert "s3cret" not in proc.stdout + proc.stderr
+
+
+def test_store_credentials_the_job_never_got_fail_the_call_saying_so(tmp_path):
+    import os
+
+    call = tmp_path / "call.pkl"
+    call.write_bytes(dumps_call(lambda: 1, [], {}, roots=[], xcom_max_bytes=1024)[0])
+    proc = subprocess.run([sys.executable, "-P", runtime.__file__, str(call), str(tmp_path / "out")], capture_output=True,
+                          text=True, env={**os.environ, runtime.STORE_CREDENTIALS: "env:NOT_INJECTED"})
+    outcome = json.loads((tmp_path / "out" / "outcome.json").read_text())
+    assert not outcome["ok"] and outcome["error"]["stage"] == "load"
+    assert "AIRFLOW_INFRA_STORE_CREDENTIALS names the variable NOT_INJECTED, which is not set" in outcome["error"]["message"]

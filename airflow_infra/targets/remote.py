@@ -18,6 +18,22 @@ def require_object_store(call: Call, target_name: str, what: str) -> None:
         )
 
 
+def issue_store_credentials(call: Call, target: Any) -> dict[str, str] | None:
+    """This call's own store credentials when the target has `store_credentials`, else None
+    (the pod or job uses its own identity)."""
+    settings = target.store_credentials
+    if settings is None:
+        return None
+    if not call.store.url.startswith("s3://"):
+        raise InfraEnvironmentError(
+            f"{call.where}: store_credentials are AWS credentials (sts:AssumeRole) and the artifact store is "
+            f"{call.store.url.partition('://')[0]}://; use an s3:// store or remove store_credentials from the target"
+        )
+    from airflow_infra.targets.store_credentials import issue
+
+    return issue(call, settings, store_conn_id(call.store.url) or "aws_default")
+
+
 def store_conn_id(url: str) -> str | None:
     """The Airflow connection named in an object store URL (s3://conn_id@bucket/...), if any."""
     netloc = urlsplit(url).netloc

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from airflow_infra.targets.batch.secrets import PREFIX
 from airflow_infra.targets.contract import TargetConfig, TargetKind
+from airflow_infra.targets.store_credentials import StoreCredentials, check_store_credentials
 
 
 class BatchTarget(TargetConfig):
@@ -32,6 +34,19 @@ class BatchTarget(TargetConfig):
     # Hand the connection's keys to the job as environment variables. Only for local test
     # set-ups (moto); real jobs get credentials from job_role_arn.
     pass_credentials: bool = False
+    # Per-call credentials for the artifact store (targets/store_credentials.py): each job may
+    # write only its own call's folder. They reach the job as a secret: needs execution_role_arn.
+    store_credentials: StoreCredentials | None = None
+
+    @model_validator(mode="after")
+    def _store_credentials(self) -> BatchTarget:
+        check_store_credentials(self)
+        if self.store_credentials and not self.execution_role_arn:
+            raise ValueError(
+                "store_credentials: jobs receive them as a Secrets Manager secret, which Batch reads with the "
+                f"job's execution role; set execution_role_arn (it needs secretsmanager:GetSecretValue on {PREFIX}/*)"
+            )
+        return self
 
     @field_validator("job_queue")
     @classmethod

@@ -4,7 +4,8 @@ One job definition per image and target options, registered once and reused (a c
 image registers a new revision); per call, SubmitJob overrides only the command (two
 artifact URIs: the payload stays tiny), resources and environment. The job's container
 reads its call from the artifact store and writes its outputs there itself. A call that
-declares connections gets a secret and a definition revision of its own (secrets.py).
+declares connections, or runs with per-call store credentials, gets a secret and a
+definition revision of its own (secrets.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from airflow_infra.targets.batch.links import batch_job_url
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
 from airflow_infra.targets.image import prepare_image
 from airflow_infra.targets.oom import out_of_memory
-from airflow_infra.targets.remote import aws_environment, require_object_store
+from airflow_infra.targets.remote import aws_environment, issue_store_credentials, require_object_store
 
 DEFINITION_PREFIX = "airflow-infra-"
 LOG_GROUP = "/aws/batch/job"
@@ -159,10 +160,12 @@ class BatchRunner(Runner):
         if call.resources.timeout:
             operator.submit_job_timeout = max(60, int(call.resources.timeout))  # Batch's minimum
         details: dict[str, Any] = {}  # stored with the handle: a resumed attempt releases them too
+        store = issue_store_credentials(call, self.target)
         try:
-            if call.connections:
-                details["secret"] = secrets.create_secret(self._secrets_client(), call, self.target.tags)
-                operator.job_definition = details["definition"] = self._call_definition(call, name, details["secret"])
+            if call.connections or store:
+                details["secret"] = secrets.create_secret(self._secrets_client(), call, self.target.tags, store)
+                keys = list(secrets.documents(call, store))
+                operator.job_definition = details["definition"] = self._call_definition(call, name, details["secret"], keys)
             operator.submit_job(call.context)
         except Exception as exc:  # noqa: BLE001 - nothing was started: release what was made, say why
             self._release(details)
@@ -171,19 +174,19 @@ class BatchRunner(Runner):
         call.publish_link("batch_job", batch_job_url(operator.job_id, hook.conn_region_name, hook.conn_partition))
         return Handle(self.kind, self.name, operator.job_id, call.folder_uri, details)
 
-    def _call_definition(self, call: Call, name: str, secret_arn: str) -> str:
+    def _call_definition(self, call: Call, name: str, secret_arn: str, keys: list[str]) -> str:
         """A revision of the image's job definition for this call alone: the one place Batch
         takes `secrets` from. Untagged with a fingerprint, so ensure_job_definition never reuses it."""
         registered = self._operator.hook.client.register_job_definition(
             jobDefinitionName=name,
             type="container",
             containerProperties=secrets.with_secret(
-                container_properties(self.target, self._reference, call.resources.shm), secret_arn
+                container_properties(self.target, self._reference, call.resources.shm), secret_arn, keys
             ),
             platformCapabilities=[self.target.platform],
             tags={**self.target.tags, **secrets.TAGS},
         )
-        call.log.info("registered job definition %s:%s for this call's connections", name, registered["revision"])
+        call.log.info("registered job definition %s:%s for this call's secrets (%s)", name, registered["revision"], ", ".join(keys))
         return registered["jobDefinitionArn"]
 
     def _secrets_client(self) -> Any:

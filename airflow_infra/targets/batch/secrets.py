@@ -1,16 +1,18 @@
-"""A call's Airflow connections in a Batch job: a Secrets Manager secret per call, referenced
-from a job definition revision of its own.
+"""A call's secrets in a Batch job (its Airflow connections, its store credentials): a
+Secrets Manager secret per call, referenced from a job definition revision of its own.
 
 AWS Batch injects a job definition's `secrets` ([{name, valueFrom: secret ARN}]) into the
 container's environment as it starts (the ECS agent reads them with the job's execution
 role), and SubmitJob's containerOverrides cannot carry them. So a call that declares
-connections gets, just before it is submitted:
+connections, or runs on a target with `store_credentials`, gets, just before it is submitted:
 
-  - a secret `airflow-infra/<dag>/<task>/<run>/<map index>/<try>` holding the connections'
-    JSON (the names' parts escaped so that distinct calls never share a name), tagged;
-  - a revision of the image's job definition with that secret as the variable VALUE_VARIABLE
-    and AIRFLOW_INFRA_CONNECTIONS=env:VALUE_VARIABLE, which tells the runtime to read and
-    unset it before the user's code runs.
+  - a secret `airflow-infra/<dag>/<task>/<run>/<map index>/<try>` holding a JSON object with
+    up to two keys, "connections" and "store", each a JSON document as a string (the names'
+    parts escaped so that distinct calls never share a name), tagged;
+  - a revision of the image's job definition that injects each key (`ARN:key::`, ECS's way
+    of picking one JSON key) as its own variable, VALUE_VARIABLE and STORE_VARIABLE, and
+    tells the runtime to read and unset them before the user's code runs
+    (AIRFLOW_INFRA_CONNECTIONS=env:..., AIRFLOW_INFRA_STORE_CREDENTIALS=env:...).
 
 Both go (the secret force-deleted, with no recovery window; the revision deregistered) when
 the call is collected or killed. Values are never in containerOverrides, job parameters,
@@ -30,9 +32,12 @@ from airflow_infra.targets.contract import Call
 
 PREFIX = "airflow-infra"
 VALUE_VARIABLE = "AIRFLOW_INFRA_CONNECTIONS_JSON"  # set by Batch from the secret; unset by the runtime
+STORE_VARIABLE = "AIRFLOW_INFRA_STORE_CREDENTIALS_JSON"  # likewise, for store_credentials
+# The secret's keys -> (the variable Batch sets from each, the runtime's variable naming it).
+KEYS = {"connections": (VALUE_VARIABLE, runtime.CONNECTIONS), "store": (STORE_VARIABLE, runtime.STORE_CREDENTIALS)}
 MAX_VALUE = 65536  # Secrets Manager's limit for a SecretString, in bytes
 MAX_NAME = 512
-TAGS = {"airflow-infra-purpose": "call-connections"}  # what finds leftovers: names say which call
+TAGS = {"airflow-infra-purpose": "call-secrets"}  # what finds leftovers: names say which call
 
 # Characters a part of the name keeps; '@' escapes every other byte (as '@' + two hex digits),
 # so the escaped parts never contain '/' and the name is injective.
@@ -52,10 +57,20 @@ def secret_name(call: Call) -> str:
     return name
 
 
-def create_secret(client: Any, call: Call, tags: dict[str, str]) -> str:
-    """Store the call's connections in its secret (created, or updated if a crashed attempt of
-    the same try left it behind); returns its ARN."""
-    value = json.dumps(call.connections.document())  # ASCII: control characters and unicode escaped
+def documents(call: Call, store_credentials: dict[str, str] | None) -> dict[str, str]:
+    """What the call's secret holds, by key (see KEYS): only what the call has."""
+    held = {}
+    if call.connections:
+        held["connections"] = json.dumps(call.connections.document())  # ASCII: control characters and unicode escaped
+    if store_credentials:
+        held["store"] = json.dumps(store_credentials)
+    return held
+
+
+def create_secret(client: Any, call: Call, tags: dict[str, str], store_credentials: dict[str, str] | None = None) -> str:
+    """Store the call's connections and store credentials in its secret (created, or updated
+    if a crashed attempt of the same try left it behind); returns its ARN."""
+    value = json.dumps(documents(call, store_credentials))
     if len(value) > MAX_VALUE:
         raise InfraTaskFailed(
             f"{call.where}: connections: their values take {len(value)} bytes as JSON, more than the "
@@ -77,12 +92,13 @@ def delete_secret(client: Any, arn: str) -> None:
         pass  # gone already
 
 
-def with_secret(properties: dict[str, Any], arn: str) -> dict[str, Any]:
-    """The job definition's container properties, with the secret injected as VALUE_VARIABLE."""
+def with_secret(properties: dict[str, Any], arn: str, keys: list[str]) -> dict[str, Any]:
+    """The job definition's container properties, with each of the secret's `keys` injected
+    as its own variable, and the runtime told where each is."""
     return {
         **properties,
-        "secrets": [{"name": VALUE_VARIABLE, "valueFrom": arn}],
-        "environment": [{"name": runtime.CONNECTIONS, "value": f"env:{VALUE_VARIABLE}"}],
+        "secrets": [{"name": KEYS[key][0], "valueFrom": f"{arn}:{key}::"} for key in keys],
+        "environment": [{"name": KEYS[key][1], "value": f"env:{KEYS[key][0]}"} for key in keys],
     }
 
 

@@ -6,10 +6,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from airflow_infra.config import check_registry, check_url_template
 from airflow_infra.targets.contract import TargetConfig, TargetKind
+from airflow_infra.targets.store_credentials import StoreCredentials, check_store_credentials
 
 
 class GpuPlacement(BaseModel):
@@ -68,6 +69,14 @@ class KubernetesTarget(TargetConfig):
     # Hand the artifact store connection's keys to the pod as environment variables. Only for
     # local test set-ups (moto); real pods get credentials from their service account.
     pass_credentials: bool = False
+    # Per-call credentials for the artifact store (targets/store_credentials.py): each pod may
+    # write only its own call's folder. They reach the pod in its own Secret.
+    store_credentials: StoreCredentials | None = None
+
+    @model_validator(mode="after")
+    def _store_credentials(self) -> KubernetesTarget:
+        check_store_credentials(self)
+        return self
 
     @field_validator("namespace")
     @classmethod

@@ -18,7 +18,7 @@ from typing import Any
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
 from airflow_infra.targets.image import prepare_image
 from airflow_infra.targets.kubernetes.explain import explain_pod
-from airflow_infra.targets.kubernetes.secrets import create_secret, delete_secret, mount_secret, own_secret
+from airflow_infra.targets.kubernetes.secrets import create_secret, delete_secret, documents, mount_secret, own_secret
 from airflow_infra.targets.kubernetes.podspec import (
     TASK_DIR_ANNOTATION,
     make_operator,
@@ -26,7 +26,13 @@ from airflow_infra.targets.kubernetes.podspec import (
     pull_reference,
     resource_requirements,
 )
-from airflow_infra.targets.remote import aws_environment, execute_delegate, require_object_store, store_conn_id
+from airflow_infra.targets.remote import (
+    aws_environment,
+    execute_delegate,
+    issue_store_credentials,
+    require_object_store,
+    store_conn_id,
+)
 
 
 class KubernetesRunner(Runner):
@@ -57,11 +63,12 @@ class KubernetesRunner(Runner):
         operator.name = operator._set_name(operator.name)  # as the operator's execute does first
         namespace = self.target.namespace
         secret = None
+        files = documents(call, issue_store_credentials(call, self.target))
         try:
             operator.pod_request_obj = operator.build_pod_request_obj(call.context)
-            if call.connections:  # before the pod, which mounts it; named after it (its random suffix included)
-                secret = create_secret(operator.client, call, namespace, operator.pod_request_obj.metadata.name)
-                mount_secret(operator.pod_request_obj, secret, operator.base_container_name)
+            if files:  # before the pod, which mounts it; named after it (its random suffix included)
+                secret = create_secret(operator.client, namespace, operator.pod_request_obj.metadata.name, files)
+                mount_secret(operator.pod_request_obj, secret, operator.base_container_name, list(files))
             operator.pod = operator.get_or_create_pod(operator.pod_request_obj, call.context)
         except Exception as exc:  # noqa: BLE001 - no pod was made: say why, in the API's words
             from airflow_infra.errors import InfraTaskFailed

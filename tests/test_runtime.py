@@ -177,6 +177,7 @@ def test_store_credentials_the_job_never_got_fail_the_call_saying_so(tmp_path):
     call.write_bytes(dumps_call(lambda: 1, [], {}, roots=[], xcom_max_bytes=1024)[0])
     proc = subprocess.run([sys.executable, "-P", runtime.__file__, str(call), str(tmp_path / "out")], capture_output=True,
                           text=True, env={**os.environ, runtime.STORE_CREDENTIALS: "env:NOT_INJECTED"})
+    assert proc.returncode != 0
     outcome = json.loads((tmp_path / "out" / "outcome.json").read_text())
     assert not outcome["ok"] and outcome["error"]["stage"] == "load"
     assert "AIRFLOW_INFRA_STORE_CREDENTIALS names the variable NOT_INJECTED, which is not set" in outcome["error"]["message"]

@@ -59,6 +59,8 @@ def infra_store_scope():
             "write_sibling": attempt(overwrite(sibling)),
             "list_bucket": attempt(lambda: fsspec.filesystem("s3", skip_instance_cache=True, **options).ls(bucket)),
             "aws_variables": sorted(k for k in os.environ if k.startswith("AWS_") or "STORE_CREDENTIALS" in k),
+            # Handed back for the test to look for everywhere else (this result is the one place).
+            "stolen": [options.get("secret"), options.get("token")],
         }
 
     attack(produce(), "{{ params.foreign }}", "{{ params.sibling }}")

@@ -26,6 +26,19 @@ from airflow_infra.spec import RESOURCE_FIELDS, Environment, Resources
 from airflow_infra.targets import builtin_links
 
 
+# _take_over's answer when the earlier try's call left nothing to use or follow.
+_RUN_AFRESH = object()
+
+
+def _release(runner: Any, call: Any, handle: Any) -> None:
+    """What an ended call of a dead worker's still holds (a container, a pod, a secret): kill
+    and collect do it, both safe on a call that has ended."""
+    try:
+        runner.kill(handle)
+    finally:
+        runner.collect(call, handle)
+
+
 class _InfraPartial(OperatorPartial):
     """InfraOperator.partial(...): `connections` cannot be mapped. Which credentials a task
     gets is fixed in the DAG file (`.partial(connections=[...])`), never chosen per index."""
@@ -212,7 +225,7 @@ class InfraOperator(BaseOperator):
 
     def execute(self, context: Any) -> Any:
         from airflow_infra.config import load_config
-        from airflow_infra.pipeline import cache
+        from airflow_infra.pipeline import cache, durable
         from airflow_infra.pipeline.arguments import call_arguments
         from airflow_infra.pipeline.execute import Execution
         from airflow_infra.pipeline.package import package_call, store_for, write_meta
@@ -221,6 +234,13 @@ class InfraOperator(BaseOperator):
 
         config = load_config()
         ti = context["ti"]
+        earlier = durable.recall(
+            context, store_for(config), self.dag_id, context["run_id"], self.task_id, ti.map_index, self.log
+        )
+        if earlier is not None:
+            taken_over = self._take_over(config, context, earlier)
+            if taken_over is not _RUN_AFRESH:
+                return taken_over
         declared, sized = self._autosized(config, context["run_id"])
         declared, policy, escalated = self._escalation(config, context, declared)
         plan = plan_call(declared, self.target, config, dag_id=self.dag_id, task_id=self.task_id, dag_file=self._dag_file)
@@ -253,8 +273,53 @@ class InfraOperator(BaseOperator):
         write_meta(packaged)
         self._execution = Execution(plan.runner(config), call)
         self._show_links(call.links)
-        with advise_on_oom(policy, ti.try_number, self.retries):
+        with advise_on_oom(policy, ti.try_number, self.retries), durable.until_the_call_ends(context):
             return self._continue(self._execution.start(), meta)
+
+    def _take_over(self, config: Any, context: Any, earlier: Any) -> Any:
+        """What to do with a call an earlier try submitted and never saw end (its worker
+        died): use its result, follow it, or (returning _RUN_AFRESH) run the call again."""
+        from airflow_infra.pipeline import durable
+        from airflow_infra.pipeline.execute import Execution
+        from airflow_infra.pipeline.package import reopen_call, store_for
+        from airflow_infra.targets import runner_for
+        from airflow_infra.targets.contract import ENDED, RUNNING
+
+        store = store_for(config)
+        call, meta = reopen_call(
+            store, dag_id=self.dag_id, task_id=self.task_id, run_id=context["run_id"], map_index=context["ti"].map_index,
+            try_number=earlier.try_number, log=self.log, context=context, folder=store.path(earlier.folder),
+        )
+        runner = runner_for(earlier.target, config)
+        handle, kind = earlier.handle, earlier.handle.kind
+        if durable.finished(store, earlier) is not None:
+            self.log.info(
+                "try %s's call (%s %s) finished after its worker was lost: using its result from %s, not running it again",
+                earlier.try_number, kind, handle.id, earlier.folder,
+            )
+            self._execution = Execution(runner, call, handle)
+            self._show_links(call.links)
+            with durable.until_the_call_ends(context):
+                _release(runner, call, handle)
+                return self._continue(None, meta)
+        state = runner.status(call, handle)
+        if state == RUNNING:
+            self.log.info(
+                "try %s's call (%s %s on target %r) still runs after its worker was lost: reattaching to it",
+                earlier.try_number, kind, handle.id, earlier.target,
+            )
+            self._execution = Execution.reattach(runner, call, handle)
+            self._show_links(call.links)
+            with durable.until_the_call_ends(context):
+                return self._continue(self._execution.follow(), meta)
+        self.log.warning(
+            "try %s's call (%s %s) %s without a result after its worker was lost: running it again",
+            earlier.try_number, kind, handle.id, "ended" if state == ENDED else "is gone",
+        )
+        if state == ENDED:
+            _release(runner, call, handle)
+        durable.forget(context)
+        return _RUN_AFRESH
 
     def _autosized(self, config: Any, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """The declaration with `memory="auto"` / `cpu="auto"` sized from the task's history
@@ -318,21 +383,26 @@ class InfraOperator(BaseOperator):
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         """Resume after the target deferred (a pod or Batch job waited for in the triggerer)."""
         from airflow_infra.config import load_config
+        from airflow_infra.pipeline import durable
         from airflow_infra.pipeline.execute import Execution
         from airflow_infra.pipeline.package import reopen_call, store_for
         from airflow_infra.targets import runner_for
 
         config = load_config()
         ti = context["ti"]
+        store = store_for(config)
+        # The call this try submitted, or the earlier try's it reattached to (pipeline.durable).
+        earlier = durable.recall(context, store, self.dag_id, context["run_id"], self.task_id, ti.map_index, self.log)
         call, meta = reopen_call(
-            store_for(config), dag_id=self.dag_id, task_id=self.task_id, run_id=context["run_id"],
-            map_index=ti.map_index, try_number=ti.try_number, log=self.log, context=context,
+            store, dag_id=self.dag_id, task_id=self.task_id, run_id=context["run_id"], map_index=ti.map_index,
+            try_number=earlier.try_number if earlier else ti.try_number, log=self.log, context=context,
+            folder=store.path(earlier.folder) if earlier else None,
         )
         self._execution = Execution.reopen(runner_for(meta["target"], config), call)
         self._show_links(call.links)
         from airflow_infra.pipeline.escalation import Policy
 
-        with advise_on_oom(Policy.from_json(meta.get("on_oom")), ti.try_number, self.retries):
+        with advise_on_oom(Policy.from_json(meta.get("on_oom")), ti.try_number, self.retries), durable.until_the_call_ends(context):
             return self._continue(self._execution.resume(event), meta)
 
     def _show_links(self, recorded: dict[str, str]) -> None:

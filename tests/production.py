@@ -104,7 +104,7 @@ class Deployment:
         return {"run": state, **{ti["task_id"]: ti["state"] for ti in tis}}
 
 
-def deployment_yaml(registry: str, artifacts: str) -> str:
+def deployment_yaml(registry: str, artifacts: str, batch_queue: str | None = None) -> str:
     """The plugin tests' routing (tests/test_plugin.py), plus a deferrable kubernetes target
     (the fake Kubernetes API, a test double) and the artifact store on moto's S3, where pods
     and both workers reach it."""
@@ -114,7 +114,11 @@ def deployment_yaml(registry: str, artifacts: str) -> str:
     k8s = (
         "  k8s: {kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true, deferrable: true, "
         "dashboard_url: 'https://dashboard.test/#/pod/{namespace}/{name}'}\n"
+        # Blocking: a worker follows the pod (tests/test_durable_runs.py kills that worker).
+        "  k8s-sync: {kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true}\n"
     )
+    if batch_queue:  # moto's Batch (its jobs run on this machine's Docker engine)
+        k8s += f"  batch: {{kind: batch, job_queue: {batch_queue}, region: us-east-1, pass_credentials: true, poll_interval: 1}}\n"
     return routing_yaml(registry).replace("targets:\n", "targets:\n" + k8s) + f"artifacts: {artifacts}\nca_certificates: {certs}\n"
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from airflow_infra.artifacts import HANDLE_FILE, OUTCOME_FILE
 from airflow_infra.errors import InfraStoreError, InfraTaskFailed
+from airflow_infra.pipeline import durable
 from airflow_infra.pipeline.escalation import InfraOutOfMemory, record_oom
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
 from airflow_infra.targets.oom import OutOfMemory
@@ -41,6 +42,7 @@ class Execution:
             raise InfraTaskFailed(f"{self.call.where}: the task was killed before its call started")
         self.handle = self.runner.submit(self.call)
         save_handle(self.call, self.handle)
+        durable.remember(self.call, self.runner.name, self.handle)  # a later try finds it if this worker dies
         if self._killed:  # killed while submitting: the call may have started regardless
             self.runner.kill(self.handle)
         return self._settle(lambda: self.runner.wait(self.call, self.handle))
@@ -48,6 +50,17 @@ class Execution:
     @classmethod
     def reopen(cls, runner: Runner, call: Call) -> Execution:
         return cls(runner, call, load_handle(call))
+
+    @classmethod
+    def reattach(cls, runner: Runner, call: Call, handle: Handle) -> Execution:
+        """Take over a call an earlier try submitted and that still runs (pipeline.durable)."""
+        call.links.update(handle.links)
+        runner.reattach(call, handle)
+        return cls(runner, call, handle)
+
+    def follow(self) -> Deferral | None:
+        """Wait for a reattached call, as start() waits for the call it submitted."""
+        return self._settle(lambda: self.runner.wait(self.call, self.handle))
 
     def resume(self, event: dict | None) -> Deferral | None:
         return self._settle(lambda: self.runner.resume(self.call, self.handle, event))

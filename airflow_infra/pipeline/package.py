@@ -133,11 +133,14 @@ def write_meta(packaged: Packaged) -> None:
 
 
 def reopen_call(
-    store: ArtifactStore, *, dag_id: str, task_id: str, run_id: str, map_index: int, try_number: int, log: Logger, context: Any
+    store: ArtifactStore, *, dag_id: str, task_id: str, run_id: str, map_index: int, try_number: int, log: Logger, context: Any,
+    folder: Any = None,
 ) -> tuple[Call, dict[str, Any]]:
     """The call this try packaged before it deferred, read back from its folder (what only
-    building an environment needs, the requirements file, is not: it was built before)."""
-    folder = store.task_dir(dag_id, run_id, task_id, map_index, try_number, fresh=False)
+    building an environment needs, the requirements file, is not: it was built before); or
+    the one in `folder`, which an earlier try packaged (pipeline.durable)."""
+    if folder is None:
+        folder = store.task_dir(dag_id, run_id, task_id, map_index, try_number, fresh=False)
     meta = store.read_json(folder / CALL_META_FILE)
     call = Call(
         dag_id=dag_id,

@@ -9,6 +9,8 @@ A call goes through the same verbs on every kind:
     collect(call, handle)          make sure what the call wrote (outcome.json last) is in the store
     explain(call, handle, error)   why it ended without an outcome, in words a user can act on
     kill(handle)                   stop it and everything it started
+    status(call, handle)           after the worker that submitted it died: running, ended or gone
+    reattach(call, handle)         follow such a call that still runs (then wait/resume/collect it)
 
 `airflow_infra.pipeline.execute` drives them. A runner sees only the Call and its own
 handles: never the operator, never Airflow's task instance beyond the context it may hand
@@ -128,6 +130,10 @@ class Deferral:
     timeout: dt.timedelta | None = None
 
 
+# What Runner.status says of a call an earlier try submitted (pipeline.durable).
+RUNNING, ENDED, GONE = "running", "ended", "gone"
+
+
 class Runner(ABC):
     """One kind's implementation of the verbs, for one call at a time (a fresh runner per call)."""
 
@@ -174,6 +180,18 @@ class Runner(ABC):
     @abstractmethod
     def kill(self, handle: Handle) -> None:
         """Stop the call and everything it started. Safe to call twice, or after it ended."""
+
+    def status(self, call: Call, handle: Handle) -> str:
+        """Whether a call an earlier try submitted (its worker died since) still runs
+        (RUNNING), has ended (ENDED) or cannot be found (GONE). Default GONE: the kind's calls
+        end with their worker (the local kind's do, on purpose)."""
+        return GONE
+
+    def reattach(self, call: Call, handle: Handle) -> None:
+        """Take over a call status() found RUNNING: wait, resume, collect and kill then work
+        on it as if this runner had submitted it. Kinds whose calls never outlive their
+        worker keep this default, which status() never lets run."""
+        raise NotImplementedError(f"target kind {self.kind!r} does not reattach")
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,14 @@ class StagedCall:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
 
+    @classmethod
+    def reopen(cls, call: Call, scratch: Path) -> StagedCall:
+        """A remote store's call staged by an earlier try's worker on this machine, whose
+        container a later try follows: close() uploads what it wrote, as it would have."""
+        out = scratch / "out"
+        refs_file = scratch / "refs.json"
+        return cls(call, scratch / CALL_FILE, out, refs_file if refs_file.exists() else None, scratch, {scratch: "rw"})
+
     def close(self) -> None:
         """Upload what a staged call wrote (outcome.json last), then remove the scratch folder."""
         try:

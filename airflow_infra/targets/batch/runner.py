@@ -18,7 +18,7 @@ from airflow_infra.artifacts import CALL_FILE
 from airflow_infra.errors import InfraTaskFailed
 from airflow_infra.targets.batch import BatchTarget, secrets
 from airflow_infra.targets.batch.links import batch_job_url
-from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
+from airflow_infra.targets.contract import ENDED, GONE, RUNNING, Call, Deferral, Handle, Runner
 from airflow_infra.targets.image import prepare_image
 from airflow_infra.targets.oom import out_of_memory
 from airflow_infra.targets.remote import aws_environment, issue_store_credentials, require_object_store
@@ -82,6 +82,9 @@ def resource_requirements(call: Call) -> list[dict[str, str]]:
         out.append({"type": "GPU", "value": str(res.gpu)})
     return out
 
+
+# A job in these states has not ended: a later try can follow it (pipeline.durable).
+ACTIVE_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
 
 # How Batch says it killed a container for memory (its container or attempt reason).
 OOM_REASON = "OutOfMemoryError"
@@ -259,6 +262,15 @@ class BatchRunner(Runner):
 
     def collect(self, call: Call, handle: Handle) -> None:
         self._release(handle.details)  # the job has ended: Batch has read its secret
+
+    def status(self, call: Call, handle: Handle) -> str:
+        described = self._batch_hook().client.describe_jobs(jobs=[handle.id])["jobs"]
+        if not described:
+            return GONE
+        return RUNNING if described[0]["status"] in ACTIVE_STATUSES else ENDED
+
+    def reattach(self, call: Call, handle: Handle) -> None:
+        self._make_operator(call).job_id = handle.id  # wait() follows it, its log included
 
     def kill(self, handle: Handle) -> None:
         handle.details["killed"] = True

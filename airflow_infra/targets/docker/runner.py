@@ -16,10 +16,11 @@ import re
 import socket
 import time
 import uuid
+from pathlib import Path
 
 from airflow_infra import runtime
 from airflow_infra.errors import InfraTaskFailed
-from airflow_infra.targets.contract import Call, Deferral, Handle, Runner, deadline, explain_process_end
+from airflow_infra.targets.contract import ENDED, GONE, RUNNING, Call, Deferral, Handle, Runner, deadline, explain_process_end
 from airflow_infra.targets.image import prepare_image
 from airflow_infra.targets.output import OutputLines, log_line
 from airflow_infra.targets.staging import StagedCall
@@ -131,14 +132,34 @@ class DockerRunner(Runner):
                 ) from None
             raise
         self._started = time.monotonic()
-        return Handle(self.kind, self.name, container.id, call.folder_uri, {"container": container.name})
+        # The scratch folder too: a later try on this machine collects a staged call's outputs from it.
+        return Handle(self.kind, self.name, container.id, call.folder_uri, {"container": container.name, "scratch": str(staged.scratch)})
+
+    def status(self, call: Call, handle: Handle) -> str:
+        """RUNNING while the container is on this engine and what it writes can still be
+        collected (on a local store, in place; on a remote one, from the scratch folder the
+        dead worker staged on this machine), whether it still runs or has exited since:
+        following an exited container reads its log and exit code at once."""
+        import docker.errors
+
+        try:
+            self.engine.containers.get(handle.id)
+        except docker.errors.NotFound:
+            return GONE
+        if not call.store.is_local and not Path(str(handle.details.get("scratch", ""))).is_dir():
+            return ENDED  # another machine's worker staged it: its outputs are out of reach here
+        return RUNNING
+
+    def reattach(self, call: Call, handle: Handle) -> None:
+        self._staged = StagedCall.reopen(call, Path(handle.details["scratch"])) if not call.store.is_local else StagedCall.open(call)
+        self._started = time.monotonic()
 
     def _remove_earlier_containers(self, call: Call) -> None:
         """Remove what earlier tries (or attempts) of this task instance left on the engine:
         a container whose engine was lost mid-task, or whose worker died, is still listed
-        once the engine is back (exited, or running with live-restore). Reattaching to a
-        running one is a later issue; until then a new try starts afresh, and two tries
-        never run side by side."""
+        once the engine is back (exited, or running with live-restore). A container a later
+        try could follow was reattached to before this (pipeline.durable): what is left here
+        cannot be, and two tries never run side by side."""
         filters = {"label": f"{LABEL}.ti={task_instance_key(call)}"}
         for container in self.engine.containers.list(all=True, filters=filters):
             call.log.warning(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
+from airflow_infra.targets.contract import ENDED, GONE, RUNNING, Call, Deferral, Handle, Runner
 from airflow_infra.targets.image import prepare_image
 from airflow_infra.targets.kubernetes.explain import explain_pod
 from airflow_infra.targets.kubernetes.secrets import create_secret, delete_secret, documents, mount_secret, own_secret
@@ -129,10 +129,7 @@ class KubernetesRunner(Runner):
     def collect(self, call: Call, handle: Handle) -> None:
         # The pod's Secret goes with the pod (it owns it); deleted here too, at once.
         if handle.details.get("secret"):
-            from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
-            client = KubernetesHook(conn_id=self.target.kubernetes_conn_id).core_v1_client
-            delete_secret(client, handle.details.get("namespace", self.target.namespace), handle.details["secret"])
+            delete_secret(self._client(), handle.details.get("namespace", self.target.namespace), handle.details["secret"])
 
     def kill(self, handle: Handle) -> None:
         handle.details["killed"] = True
@@ -140,8 +137,35 @@ class KubernetesRunner(Runner):
         if operator is not None and operator.pod is not None:
             operator.on_kill()  # deletes the pod
             return
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._client().delete_namespaced_pod(handle.id, handle.details.get("namespace", self.target.namespace))
+        except ApiException as exc:
+            if exc.status != 404:  # gone already
+                raise
+
+    def status(self, call: Call, handle: Handle) -> str:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            pod = self._client().read_namespaced_pod(handle.id, handle.details.get("namespace", self.target.namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return GONE
+            raise
+        if pod.metadata.deletion_timestamp is not None:
+            return GONE  # being deleted (killed): never followed
+        return RUNNING if pod.status.phase in ("Pending", "Running") else ENDED
+
+    def reattach(self, call: Call, handle: Handle) -> None:
+        # The operator follows a pod it is handed (execute_sync and execute_async alike).
+        operator = make_operator(call, operator_arguments(call, self.target, "pending", handle.folder, {}))
+        operator.pod_request_obj = operator.build_pod_request_obj(call.context)
+        operator.pod = self._client().read_namespaced_pod(handle.id, handle.details.get("namespace", self.target.namespace))
+        self._operator = operator
+
+    def _client(self) -> Any:
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
-        KubernetesHook(conn_id=self.target.kubernetes_conn_id).core_v1_client.delete_namespaced_pod(
-            handle.id, handle.details.get("namespace", self.target.namespace)
-        )
+        return KubernetesHook(conn_id=self.target.kubernetes_conn_id).core_v1_client

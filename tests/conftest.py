@@ -189,13 +189,13 @@ def fake_kube(docker_infra) -> str:
 @pytest.fixture(scope="session")
 def production_airflow(moto_s3, fake_kube, seed_data, docker_infra, batch_queue):
     """One production-shaped Airflow for the session (tests/production.py, dev/prod-up.sh):
-    the examples, infra_scheduler_kube and infra_durable as its DAGs, the plugin tests'
-    routing plus a batch target, artifacts on this session's moto bucket,
+    the examples, infra_scheduler_kube and the infra_durable DAGs, the plugin tests'
+    routing plus batch targets, artifacts on this session's moto bucket,
     `kubernetes_default` at the fake Kubernetes API. A task instance whose worker stopped
     heartbeating fails after 20 s, not Airflow's 300: the worker-kill tests wait for that."""
     from tests import production
 
-    dags = [*(REPO / "dags_examples").glob("*.py"), *(REPO / "tests" / "dags" / f for f in ("infra_scheduler_kube.py", "infra_durable.py"))]
+    dags = [*(REPO / "dags_examples").glob("*.py"), *(REPO / "tests" / "dags" / f for f in ("infra_scheduler_kube.py", "infra_durable.py", "infra_durable_deferred.py"))]
     yaml = production.deployment_yaml(f"127.0.0.1:5000/plugin-test{os.getpid()}", moto_s3, batch_queue)
     env = {name: os.environ[name] for name in ("AIRFLOW_CONN_KUBERNETES_DEFAULT",)}
     env.update(AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="20",

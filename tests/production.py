@@ -119,6 +119,8 @@ def deployment_yaml(registry: str, artifacts: str, batch_queue: str | None = Non
     )
     if batch_queue:  # moto's Batch (its jobs run on this machine's Docker engine)
         k8s += f"  batch: {{kind: batch, job_queue: {batch_queue}, region: us-east-1, pass_credentials: true, poll_interval: 1}}\n"
+        k8s += (f"  batch-deferred: {{kind: batch, job_queue: {batch_queue}, region: us-east-1, pass_credentials: true, "
+                "poll_interval: 1, deferrable: true}\n")
     return routing_yaml(registry).replace("targets:\n", "targets:\n" + k8s) + f"artifacts: {artifacts}\nca_certificates: {certs}\n"
 
 

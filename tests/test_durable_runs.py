@@ -1,14 +1,21 @@
-"""Durable calls on the production-shaped Airflow (tests/production.py): the worker
-processes running three tasks are killed with SIGKILL while the tasks' calls run (a
-container on docker, a job on moto's Batch, a pod on the fake Kubernetes API), as a lost
-worker would be; Airflow fails the try when its heartbeats stop, and the next try must
-reattach to the same container, job and pod, not start another, and collect their results. Counted: calls started per task,
-orphans left, false successes, results lost."""
+"""Durable calls on the production-shaped Airflow (tests/production.py), with faults
+injected mid-run and counted:
+
+  - the worker processes running three tasks are killed with SIGKILL while their calls run
+    (a container on docker, a job on moto's Batch, a pod on the fake Kubernetes API), as a
+    lost worker would be: Airflow fails the try when its heartbeats stop, and the next try
+    must reattach to the same container, job and pod and collect their results;
+  - the scheduler is killed and started again while those calls run;
+  - the triggerer is killed and started again while a pod and a job are deferred.
+
+Each test counts calls started per task (== 1), orphans left at the end (containers,
+pods, active jobs, processes: 0), false successes (0) and results lost (0)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -17,34 +24,82 @@ import boto3
 import pytest
 
 from airflow_infra.client import Client
-from tests.conftest import MOTO
+from tests.conftest import MOTO, REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
-DAG = "infra_durable"
-TASKS = ("slow_docker", "slow_batch", "slow_k8s")
-POD_PREFIX = "ml/slow-k8s-pod"  # the fake Kubernetes API labels each pod's container with namespace/name
-JOB_NAME = f"{DAG}-slow_batch"
 ACTIVE = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+# Each DAG's tasks by target, and how the fake Kubernetes API labels its task's pod container
+# (namespace/name: the operator names the pod after the task).
+BLOCKING = {"dag": "infra_durable", "docker": "slow_docker", "batch": "slow_batch", "k8s": "slow_k8s", "pod": "ml/slow-k8s-"}
+DEFERRED = {"dag": "infra_durable_deferred", "docker": None, "batch": "deferred_batch", "k8s": "deferred_k8s", "pod": "ml/deferred-k8s-"}
+# How long each call sleeps: past the kill, the 20 s heartbeat timeout and the next try's start,
+# for the worker test; past a restart for the others.
+SECONDS = {"worker": 75, "restart": 30}
 
 
 def _batch():
     return boto3.client("batch", region_name="us-east-1", endpoint_url=MOTO, aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
-def _jobs(queue: str, statuses=ACTIVE + ("SUCCEEDED", "FAILED")) -> dict[str, str]:
-    batch = _batch()
-    return {j["jobId"]: j["status"] for status in statuses
-            for j in batch.list_jobs(jobQueue=queue, jobStatus=status)["jobSummaryList"] if j["jobName"] == JOB_NAME}
+class Calls:
+    """What one run of a DAG started on the docker engine (docker-target containers, the
+    fake Kubernetes API's pod containers) and on moto's Batch, counted from the engine's
+    events and Batch's job list since the run began."""
+
+    def __init__(self, deployment, queue: str, dag: dict[str, str | None]):
+        import docker
+
+        self.deployment, self.queue, self.dag = deployment, queue, dag
+        self.engine = docker.from_env()
+        self.job_name = f"{dag['dag']}-{dag['batch']}"
+        self.jobs_before = set(self._jobs())
+        self.since = int(time.time()) - 1
+
+    def _jobs(self, statuses=ACTIVE + ("SUCCEEDED", "FAILED")) -> dict[str, str]:
+        batch = _batch()
+        return {j["jobId"]: j["status"] for status in statuses
+                for j in batch.list_jobs(jobQueue=self.queue, jobStatus=status)["jobSummaryList"] if j["jobName"] == self.job_name}
+
+    def jobs(self, statuses=ACTIVE + ("SUCCEEDED", "FAILED")) -> dict[str, str]:
+        return {j: s for j, s in self._jobs(statuses).items() if j not in self.jobs_before}
+
+    def containers(self, **filters) -> list:
+        if not self.dag["docker"]:
+            return []
+        return self.engine.containers.list(all=True, filters={"label": f"org.airflow-infra.dag={self.dag['dag']}", **filters})
+
+    def pods(self, **filters) -> list:
+        return [c for c in self.engine.containers.list(all=True, filters={"label": "airflow-infra.fake-kube", **filters})
+                if c.labels["airflow-infra.fake-kube"].startswith(self.dag["pod"])]
+
+    def running(self) -> bool:
+        return (bool(self.containers(status="running")) or not self.dag["docker"]) and bool(self.pods(status="running")) \
+            and "RUNNING" in self.jobs().values()
+
+    def wait_running(self) -> None:
+        deadline = time.monotonic() + 240
+        while not self.running():
+            assert time.monotonic() < deadline, f"the calls did not start:\n{self.deployment.log_tail()}"
+            time.sleep(1)
+
+    def check_one_each_and_nothing_left(self) -> None:
+        until = int(time.time())
+        created = list(self.engine.events(since=self.since, until=until, decode=True, filters={"event": "create", "label": "airflow-infra.fake-kube"}))
+        pods = [e for e in created if e["Actor"]["Attributes"].get("airflow-infra.fake-kube", "").startswith(self.dag["pod"])]
+        assert len(pods) == 1, pods
+        assert len(self.jobs()) == 1, self.jobs()
+        if self.dag["docker"]:
+            containers = self.engine.events(since=self.since, until=until, decode=True,
+                                            filters={"event": "create", "label": f"org.airflow-infra.dag={self.dag['dag']}"})
+            assert len(list(containers)) == 1
+        # Orphans: no container or pod of the run's, no job still active.
+        assert self.containers() == [] and self.pods() == []
+        assert self.jobs(ACTIVE) == {}
 
 
-def _containers(engine, **filters) -> list:
-    return engine.containers.list(all=True, filters={"label": f"org.airflow-infra.dag={DAG}", **filters})
-
-
-def _pod_containers(engine, **filters) -> list:
-    return [c for c in engine.containers.list(all=True, filters={"label": "airflow-infra.fake-kube", **filters})
-            if c.labels["airflow-infra.fake-kube"].startswith(POD_PREFIX)]
+def _tasks(dag: dict[str, str | None]) -> list[str]:
+    return [dag[k] for k in ("docker", "batch", "k8s") if dag[k]]
 
 
 def _task_processes(ti_id: str) -> list[int]:
@@ -70,55 +125,96 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _path(dag_id: str, run_id: str) -> str:
+    return f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances"
+
+
+def _log(deployment, dag_id: str, run_id: str, task: str, try_number: int) -> str:
+    answer = deployment.get(f"{_path(dag_id, run_id)}/{task}/logs/{try_number}", params={"full_content": "true"})
+    assert answer.status_code == 200, answer.text
+    return "\n".join(str(e.get("event", e)) if isinstance(e, dict) else str(e) for e in answer.json()["content"])
+
+
+def _check_results(moto_s3: str, dag_id: str, run_id: str, tasks: list[str], fault: float, seconds: int) -> None:
+    """Results lost: none. Each came from the call started around the fault (its container
+    may have been running for a moment before the function's first line), not from one
+    started later: a later try starts at least the heartbeat timeout (20 s) after it."""
+    results = Client(moto_s3).run(dag_id, run_id)
+    for task in tasks:
+        value = results[task].result
+        assert value["slept"] == seconds and value["started"] < fault + 10, (task, value)
+
+
+def _restart(deployment, component: str) -> None:
+    """kill -9 a component's whole session (it runs in one of its own), then dev/prod-up.sh,
+    which starts again what is not running."""
+    pid = int((deployment.state / "pids" / f"{component}.pid").read_text())
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _alive(pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    up = subprocess.run(["bash", str(REPO / "dev" / "prod-up.sh")], env=deployment.env, capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stderr[-3000:]
+
+
 def test_a_killed_worker_s_calls_are_reattached_not_run_again(production_airflow, batch_queue, moto_s3):
-    import docker
-
-    deployment, engine = production_airflow, docker.from_env()
-    jobs_before = set(_jobs(batch_queue))
-    since = int(time.time()) - 1
-    run_id = deployment.trigger(DAG, {"seconds": 45})
-    path = f"/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}/taskInstances"
-
-    # Both calls running: the container, and the job (moto's Batch runs it as a container too).
-    deadline = time.monotonic() + 240
-    while not (_containers(engine, status="running") and _pod_containers(engine, status="running")
-               and "RUNNING" in {s for j, s in _jobs(batch_queue).items() if j not in jobs_before}):
-        assert time.monotonic() < deadline, f"the calls did not start:\n{deployment.log_tail()}"
-        time.sleep(1)
-    tis = {ti["task_id"]: ti for ti in deployment.get(path).json()["task_instances"]}
-    assert all(tis[t]["state"] == "running" and tis[t]["try_number"] == 1 for t in TASKS), tis
+    deployment, tasks = production_airflow, _tasks(BLOCKING)
+    calls = Calls(deployment, batch_queue, BLOCKING)
+    run_id = deployment.trigger(BLOCKING["dag"], {"seconds": SECONDS["worker"]})
+    calls.wait_running()
+    tis = {ti["task_id"]: ti for ti in deployment.get(_path(BLOCKING["dag"], run_id)).json()["task_instances"]}
+    assert all(tis[t]["state"] == "running" and tis[t]["try_number"] == 1 for t in tasks), tis
     killed_at = time.time()
-    victims = [pid for task in TASKS for pid in _task_processes(tis[task]["id"])]
-    assert len(victims) == 2 * len(TASKS), f"expected each task's process and its supervisor, found {victims}"
+    victims = [pid for task in tasks for pid in _task_processes(tis[task]["id"])]
+    assert len(victims) == 2 * len(tasks), f"expected each task's process and its supervisor, found {victims}"
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
 
-    states = deployment.wait(DAG, run_id)
+    states = deployment.wait(BLOCKING["dag"], run_id)
     assert states["run"] == "success", (states, deployment.log_tail())
-
-    for task in TASKS:
-        tries = deployment.get(f"{path}/{task}/tries").json()["task_instances"]
-        # False successes: none. Try 1 (whose worker died) failed; try 2 succeeded.
-        assert [(t["try_number"], t["state"]) for t in tries] == [(1, "failed"), (2, "success")], (task, tries)
-        log = deployment.get(f"{path}/{task}/logs/2", params={"full_content": "true"}, headers={"Accept": "text/plain"}).text
+    for task in tasks:
+        tries = deployment.get(f"{_path(BLOCKING['dag'], run_id)}/{task}/tries").json()["task_instances"]
+        # False successes: none. Try 1, whose worker died, did not succeed; try 2 did.
+        assert [t["try_number"] for t in tries] == [1, 2] and tries[0]["state"] != "success" and tries[1]["state"] == "success", (task, tries)
+        log = _log(deployment, BLOCKING["dag"], run_id, task, 2)
         assert "try 1's call" in log and "still runs after its worker was lost: reattaching to it" in log, log[-3000:]
-
-    # Results lost: none. Each is the one call try 1 started (it began before the kill).
-    results = Client(moto_s3).run(DAG, run_id)
-    for task in TASKS:
-        value = results[task].result
-        assert value["slept"] == 45 and value["started"] < killed_at, (task, value)
-
-    # Calls started per task: one container, one Batch job, one pod.
-    until = int(time.time())
-    created = engine.events(since=since, until=until, decode=True, filters={"event": "create", "label": f"org.airflow-infra.dag={DAG}"})
-    assert len(list(created)) == 1
-    assert len(set(_jobs(batch_queue)) - jobs_before) == 1
-    pods = [e for e in engine.events(since=since, until=until, decode=True, filters={"event": "create", "label": "airflow-infra.fake-kube"})
-            if e["Actor"]["Attributes"].get("airflow-infra.fake-kube", "").startswith(POD_PREFIX)]
-    assert len(pods) == 1, pods
-
-    # Orphans: no container of the DAG's, no active job, no process of the killed tries.
-    assert _containers(engine) == [] and _pod_containers(engine) == []
-    assert not [j for j in _jobs(batch_queue, ACTIVE) if j not in jobs_before]
+    _check_results(moto_s3, BLOCKING["dag"], run_id, tasks, killed_at, SECONDS["worker"])
+    calls.check_one_each_and_nothing_left()
     assert not [pid for pid in victims if _alive(pid)]
+
+
+def test_a_scheduler_restarted_mid_run_leaves_each_call_running_once(production_airflow, batch_queue, moto_s3):
+    deployment, tasks = production_airflow, _tasks(BLOCKING)
+    calls = Calls(deployment, batch_queue, BLOCKING)
+    run_id = deployment.trigger(BLOCKING["dag"], {"seconds": SECONDS["restart"]})
+    calls.wait_running()
+    restarted_at = time.time()
+    _restart(deployment, "scheduler")
+    states = deployment.wait(BLOCKING["dag"], run_id)
+    assert states["run"] == "success", (states, deployment.log_tail())
+    for task in tasks:  # the workers kept running them: one try each
+        tries = deployment.get(f"{_path(BLOCKING['dag'], run_id)}/{task}/tries").json()["task_instances"]
+        assert [(t["try_number"], t["state"]) for t in tries] == [(1, "success")], (task, tries)
+    _check_results(moto_s3, BLOCKING["dag"], run_id, tasks, restarted_at, SECONDS["restart"])
+    calls.check_one_each_and_nothing_left()
+
+
+def test_a_triggerer_restarted_while_calls_are_deferred_picks_them_up_again(production_airflow, batch_queue, moto_s3):
+    deployment, tasks = production_airflow, _tasks(DEFERRED)
+    calls = Calls(deployment, batch_queue, DEFERRED)
+    run_id = deployment.trigger(DEFERRED["dag"], {"seconds": SECONDS["restart"]})
+    calls.wait_running()
+    deadline = time.monotonic() + 120
+    while {ti["task_id"]: ti["state"] for ti in deployment.get(_path(DEFERRED["dag"], run_id)).json()["task_instances"]} != dict.fromkeys(tasks, "deferred"):
+        assert time.monotonic() < deadline, deployment.log_tail()
+        time.sleep(0.5)
+    restarted_at = time.time()
+    _restart(deployment, "triggerer")
+    states = deployment.wait(DEFERRED["dag"], run_id)
+    assert states["run"] == "success", (states, deployment.log_tail())
+    for task in tasks:
+        tries = deployment.get(f"{_path(DEFERRED['dag'], run_id)}/{task}/tries").json()["task_instances"]
+        assert [(t["try_number"], t["state"]) for t in tries] == [(1, "success")], (task, tries)
+    _check_results(moto_s3, DEFERRED["dag"], run_id, tasks, restarted_at, SECONDS["restart"])
+    calls.check_one_each_and_nothing_left()

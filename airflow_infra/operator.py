@@ -279,6 +279,7 @@ class InfraOperator(BaseOperator):
     def _take_over(self, config: Any, context: Any, earlier: Any) -> Any:
         """What to do with a call an earlier try submitted and never saw end (its worker
         died): use its result, follow it, or (returning _RUN_AFRESH) run the call again."""
+        from airflow_infra.artifacts import CALL_META_FILE
         from airflow_infra.pipeline import durable
         from airflow_infra.pipeline.execute import Execution
         from airflow_infra.pipeline.package import reopen_call, store_for
@@ -286,12 +287,21 @@ class InfraOperator(BaseOperator):
         from airflow_infra.targets.contract import ENDED, RUNNING
 
         store = store_for(config)
+        handle, kind = earlier.handle, earlier.handle.kind
+        target = config.targets.get(earlier.target)
+        folder = store.path(earlier.folder)
+        if target is None or target.kind != kind or not store.exists(folder / CALL_META_FILE):
+            self.log.warning(
+                "the task state store names try %s's call on target %r (%s %s), which infra.yaml or the store no "
+                "longer has: running the call afresh", earlier.try_number, earlier.target, kind, handle.id,
+            )
+            durable.forget(context)
+            return _RUN_AFRESH
         call, meta = reopen_call(
             store, dag_id=self.dag_id, task_id=self.task_id, run_id=context["run_id"], map_index=context["ti"].map_index,
-            try_number=earlier.try_number, log=self.log, context=context, folder=store.path(earlier.folder),
+            try_number=earlier.try_number, log=self.log, context=context, folder=folder,
         )
         runner = runner_for(earlier.target, config)
-        handle, kind = earlier.handle, earlier.handle.kind
         if durable.finished(store, earlier) is not None:
             self.log.info(
                 "try %s's call (%s %s) finished after its worker was lost: using its result from %s, not running it again",

@@ -6,6 +6,7 @@ The real runs, with a worker killed mid-call, are in tests/test_durable_runs.py.
 
 from __future__ import annotations
 
+import json
 import logging
 from types import SimpleNamespace
 
@@ -16,7 +17,7 @@ from airflow_infra.errors import InfraTaskFailed
 from airflow_infra.pipeline import durable
 from airflow_infra.pipeline.execute import Execution
 from airflow_infra.pipeline.package import write_meta
-from airflow_infra.targets.contract import GONE, Handle
+from airflow_infra.targets.contract import GONE, RUNNING, Handle
 from tests.test_pipeline import LOG, package
 
 pytestmark = pytest.mark.usefixtures("fake_kind")
@@ -103,6 +104,10 @@ def _hostile(store_uri: str, good: dict) -> list:
         {**good, "folder": f"{base}/", "handle": handle(f"{base}/")},
         {**good, "folder": f"{store_uri}/d/manual__1/t/0/1", "handle": handle(f"{store_uri}/d/manual__1/t/0/1")},  # another map index
         {**good, "handle": handle(f"{base}/2")},  # the handle names another folder than the record
+        {**good, "handle": Handle("fake", "f", "1\nforged log line", f"{base}/1").to_json()},
+        {**good, "handle": Handle("fake", "f", "", f"{base}/1").to_json()},
+        {**good, "handle": Handle("fake", "f", "x" * 513, f"{base}/1").to_json()},
+        {**good, "handle": json.dumps({**json.loads(good["handle"]), "id": 7})},
     ]
 
 
@@ -173,3 +178,118 @@ def test_the_local_kinds_calls_die_with_their_worker_so_it_never_reattaches(tmp_
 
     local = runner_for("local", InfraConfig())
     assert local.status(None, Handle("local", "local", "123", "x")) == GONE
+
+
+def test_a_record_naming_a_target_infra_yaml_no_longer_has_runs_the_call_afresh(tmp_path, capsys):
+    state = StateStore()
+    cfg, _, _ = _started(tmp_path, lambda: 1, state)
+    renamed = _config(tmp_path)
+    renamed.targets["elsewhere"] = renamed.targets.pop("f")
+    state[durable.KEY] = {**state[durable.KEY], "target": "f"}
+    assert _take_over(renamed, state)[1] is True and durable.KEY not in state
+    assert "which infra.yaml or the store no longer has: running the call afresh" in capsys.readouterr().out
+
+
+# -- what each kind follows: only this task instance's own call, whatever the state store says --
+
+
+def _call_for(store_local: bool = True, folder_uri: str = "s3://aws_default@b/p/d/r/t/-1/1"):
+    return SimpleNamespace(dag_id="d", run_id="r", task_id="t", map_index=-1, try_number=1, folder_uri=folder_uri,
+                           store=SimpleNamespace(is_local=store_local), log=LOG)
+
+
+def test_docker_follows_only_this_task_instances_container_and_scratch_folder(tmp_path):
+    import os
+    import tempfile
+
+    from airflow_infra.targets.docker import runner as docker_runner
+
+    call = _call_for()
+    mine = {"org.airflow-infra.ti": docker_runner.task_instance_key(call)}
+    containers = {"mine": SimpleNamespace(labels=mine), "theirs": SimpleNamespace(labels={"org.airflow-infra.ti": "0" * 32})}
+    runner = docker_runner.DockerRunner("docker", SimpleNamespace(kind="docker"), InfraConfig())
+
+    class Engine:
+        class containers:  # noqa: N801 - docker-py's shape
+            @staticmethod
+            def get(container_id):
+                import docker.errors
+
+                if container_id not in containers:
+                    raise docker.errors.NotFound("no such container")
+                return containers[container_id]
+
+    runner._engine = Engine()
+    assert runner.status(call, Handle("docker", "docker", "mine", call.folder_uri)) == RUNNING
+    assert runner.status(call, Handle("docker", "docker", "theirs", call.folder_uri)) == GONE
+    assert runner.status(call, Handle("docker", "docker", "missing", call.folder_uri)) == GONE
+
+    # A remote store's call is followed only with a scratch folder this user made in the temp folder.
+    remote = _call_for(store_local=False)
+    scratch = tempfile.mkdtemp(prefix="airflow-infra-")
+    try:
+        assert docker_runner.own_scratch(scratch) is not None
+        assert runner.status(remote, Handle("docker", "docker", "mine", call.folder_uri, {"scratch": scratch})) == RUNNING
+        link = os.path.join(tempfile.gettempdir(), f"airflow-infra-link{os.getpid()}")
+        os.symlink(str(tmp_path), link)
+        hostile = ["/etc", "/", str(tmp_path), link, f"{scratch}/..", f"{tempfile.gettempdir()}/airflow-infra-x/../../etc",
+                   f"{tempfile.gettempdir()}/not-ours", None, 7, f"{scratch}\n"]
+        for value in hostile:
+            assert docker_runner.own_scratch(value) is None, value
+            assert runner.status(remote, Handle("docker", "docker", "mine", call.folder_uri, {"scratch": value})) == "ended", value
+        os.unlink(link)
+        os.chown(scratch, 65534, 65534)  # another user's folder of the right name
+        assert docker_runner.own_scratch(scratch) is None
+    finally:
+        os.rmdir(scratch)
+
+
+def test_batch_follows_only_a_job_that_runs_this_very_call():
+    from airflow_infra.targets.batch import BatchTarget
+    from airflow_infra.targets.batch.runner import BatchRunner
+
+    call = _call_for()
+    described = {
+        "mine": {"status": "RUNNING", "container": {"command": [f"{call.folder_uri}/call.pkl", call.folder_uri]}},
+        "done": {"status": "SUCCEEDED", "container": {"command": [f"{call.folder_uri}/call.pkl", call.folder_uri]}},
+        "theirs": {"status": "RUNNING", "container": {"command": ["s3://aws_default@b/p/other/r/t/-1/1/call.pkl", "x"]}},
+        "bare": {"status": "RUNNING"},
+    }
+    runner = BatchRunner("batch", BatchTarget(kind="batch", job_queue="q"), InfraConfig())
+    client = SimpleNamespace(describe_jobs=lambda jobs: {"jobs": [described[j] for j in jobs if j in described]})
+    runner._batch_hook = lambda: SimpleNamespace(client=client)
+    states = {job: runner.status(call, Handle("batch", "batch", job, call.folder_uri)) for job in [*described, "missing"]}
+    assert states == {"mine": RUNNING, "done": "ended", "theirs": GONE, "bare": GONE, "missing": GONE}
+
+
+def test_kubernetes_follows_only_a_pod_of_its_namespace_writing_this_very_call():
+    from kubernetes.client import models as k8s
+    from kubernetes.client.exceptions import ApiException
+
+    from airflow_infra.targets.kubernetes import KubernetesTarget
+    from airflow_infra.targets.kubernetes.podspec import TASK_DIR_ANNOTATION
+    from airflow_infra.targets.kubernetes.runner import KubernetesRunner
+
+    call = _call_for()
+
+    def pod(folder, phase="Running", deleting=None):
+        return k8s.V1Pod(metadata=k8s.V1ObjectMeta(annotations={TASK_DIR_ANNOTATION: folder}, deletion_timestamp=deleting),
+                         status=k8s.V1PodStatus(phase=phase))
+
+    pods = {("ml", "mine"): pod(call.folder_uri), ("ml", "done"): pod(call.folder_uri, "Succeeded"),
+            ("ml", "dying"): pod(call.folder_uri, deleting="2026-11-30T00:00:00Z"), ("ml", "theirs"): pod("s3://aws_default@b/p/x/r/t/-1/1"),
+            ("other", "mine"): pod(call.folder_uri)}
+    asked = []
+
+    def read_namespaced_pod(name, namespace):
+        asked.append(namespace)
+        if (namespace, name) not in pods:
+            raise ApiException(status=404)
+        return pods[namespace, name]
+
+    runner = KubernetesRunner("k8s", KubernetesTarget(kind="kubernetes", namespace="ml"), InfraConfig())
+    runner._client = lambda: SimpleNamespace(read_namespaced_pod=read_namespaced_pod)
+    states = {name: runner.status(call, Handle("kubernetes", "k8s", name, call.folder_uri, {"namespace": "other"}))
+              for name in ("mine", "done", "dying", "theirs", "missing")}
+    assert states == {"mine": RUNNING, "done": "ended", "dying": GONE, "theirs": GONE, "missing": GONE}
+    assert set(asked) == {"ml"}  # the handle's namespace is not believed: the target's is asked

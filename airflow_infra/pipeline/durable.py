@@ -30,6 +30,7 @@ from airflow_infra.artifacts import OUTCOME_FILE, path_component
 from airflow_infra.targets.contract import Call, Handle
 
 KEY = "airflow_infra.call"
+_PLAIN = re.compile(r"[\x21-\x7e]{1,512}\Z")  # container ids, pod names, job ids: printable, no spaces (they reach logs)
 _TRY_FOLDER = re.compile(r"[1-9][0-9]{0,8}(-[1-9][0-9]{0,8})?\Z")  # artifacts.task_dir's names: {try} or {try}-{attempt}
 
 
@@ -66,6 +67,8 @@ def recall(context: Any, store: Any, dag_id: str, run_id: str, task_id: str, map
             raise ValueError(f"folder {folder!r} is not one of this task instance's")
         if not (isinstance(target, str) and isinstance(try_number, int) and handle.folder == folder):
             raise ValueError("target, try number or handle malformed")
+        if not all(isinstance(v, str) and _PLAIN.match(v) for v in (handle.kind, handle.target, handle.id)):
+            raise ValueError("the handle's kind, target or id is not a plain name")
     except (KeyError, TypeError, ValueError) as exc:
         log.warning("ignoring the task state store's %r: not a call this task started (%s)", KEY, exc)
         return None

@@ -267,6 +267,11 @@ class BatchRunner(Runner):
         described = self._batch_hook().client.describe_jobs(jobs=[handle.id])["jobs"]
         if not described:
             return GONE
+        # The handle comes from the task state store, which Airflow's REST API can write: a
+        # job is followed (its log shown, its secret released) only if it runs this very call.
+        if f"{call.folder_uri}/{CALL_FILE}" not in (described[0].get("container") or {}).get("command", []):
+            call.log.warning("Batch job %s does not run this task instance's call: not followed", handle.id[:128])
+            return GONE
         return RUNNING if described[0]["status"] in ACTIVE_STATUSES else ENDED
 
     def reattach(self, call: Call, handle: Handle) -> None:

@@ -14,6 +14,8 @@ import json
 import os
 import re
 import socket
+import stat
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -38,6 +40,23 @@ _PLAIN_LABEL_VALUE = re.compile(r"[A-Za-z0-9_.~:+@ -]{1,250}\Z")
 def task_instance_key(call: Call) -> str:
     identity = json.dumps([call.dag_id, call.run_id, call.task_id, call.map_index])
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def own_scratch(value: object) -> Path | None:
+    """A staged call's scratch folder named by a stored handle, if it is one this worker's
+    user made (StagedCall.open: tempfile.mkdtemp(prefix="airflow-infra-")): a later try
+    uploads from it and then deletes it, so nothing else is ever taken for one."""
+    path = Path(str(value))
+    if path.parent != Path(tempfile.gettempdir()) or not _SCRATCH.match(path.name):
+        return None
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return path if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() else None
+
+
+_SCRATCH = re.compile(r"airflow-infra-[A-Za-z0-9_]{1,64}\Z")
 
 
 def container_labels(call: Call) -> dict[str, str]:
@@ -143,15 +162,21 @@ class DockerRunner(Runner):
         import docker.errors
 
         try:
-            self.engine.containers.get(handle.id)
+            container = self.engine.containers.get(handle.id)
         except docker.errors.NotFound:
             return GONE
-        if not call.store.is_local and not Path(str(handle.details.get("scratch", ""))).is_dir():
+        # The handle comes from the task state store, which Airflow's REST API can write: a
+        # container of another task instance's is never followed, nor later removed.
+        if container.labels.get(f"{LABEL}.ti") != task_instance_key(call):
+            call.log.warning("container %s is not one of this task instance's: not followed", handle.id[:64])
+            return GONE
+        if not call.store.is_local and own_scratch(handle.details.get("scratch")) is None:
             return ENDED  # another machine's worker staged it: its outputs are out of reach here
         return RUNNING
 
     def reattach(self, call: Call, handle: Handle) -> None:
-        self._staged = StagedCall.reopen(call, Path(handle.details["scratch"])) if not call.store.is_local else StagedCall.open(call)
+        scratch = own_scratch(handle.details.get("scratch"))
+        self._staged = StagedCall.open(call) if call.store.is_local else StagedCall.reopen(call, scratch)
         self._started = time.monotonic()
 
     def _remove_earlier_containers(self, call: Call) -> None:

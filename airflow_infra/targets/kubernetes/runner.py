@@ -148,12 +148,18 @@ class KubernetesRunner(Runner):
     def status(self, call: Call, handle: Handle) -> str:
         from kubernetes.client.exceptions import ApiException
 
+        # The handle comes from the task state store, which Airflow's REST API can write: only
+        # a pod of the target's namespace that writes this very call's folder is followed.
+        handle.details["namespace"] = self.target.namespace
         try:
-            pod = self._client().read_namespaced_pod(handle.id, handle.details.get("namespace", self.target.namespace))
+            pod = self._client().read_namespaced_pod(handle.id, self.target.namespace)
         except ApiException as exc:
-            if exc.status == 404:
+            if exc.status in (404, 422):  # gone, or not a pod name at all
                 return GONE
             raise
+        if (pod.metadata.annotations or {}).get(TASK_DIR_ANNOTATION) != call.folder_uri:
+            call.log.warning("pod %s does not run this task instance's call: not followed", handle.id[:253])
+            return GONE
         if pod.metadata.deletion_timestamp is not None:
             return GONE  # being deleted (killed): never followed
         return RUNNING if pod.status.phase in ("Pending", "Running") else ENDED
@@ -162,7 +168,7 @@ class KubernetesRunner(Runner):
         # The operator follows a pod it is handed (execute_sync and execute_async alike).
         operator = make_operator(call, operator_arguments(call, self.target, "pending", handle.folder, {}))
         operator.pod_request_obj = operator.build_pod_request_obj(call.context)
-        operator.pod = self._client().read_namespaced_pod(handle.id, handle.details.get("namespace", self.target.namespace))
+        operator.pod = self._client().read_namespaced_pod(handle.id, self.target.namespace)
         self._operator = operator
 
     def _client(self) -> Any:

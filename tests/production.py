@@ -114,7 +114,7 @@ def deployment_yaml(registry: str, artifacts: str, batch_queue: str | None = Non
     k8s = (
         "  k8s: {kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true, deferrable: true, "
         "dashboard_url: 'https://dashboard.test/#/pod/{namespace}/{name}'}\n"
-        # Blocking: a worker follows the pod (tests/test_durable_runs.py kills that worker).
+        # Blocking: a worker follows the pod (tests/test_production_durable.py kills that worker).
         "  k8s-sync: {kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true}\n"
     )
     if batch_queue:  # moto's Batch (its jobs run on this machine's Docker engine)

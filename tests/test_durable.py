@@ -2,7 +2,7 @@
 state store, what a later try makes of it, and hostile values in it. In-process, with the
 test-only `fake` kind (tests/fake_kind) and a dict standing in for Airflow's state store
 accessor (get/set/delete, as airflow.sdk.execution_time.context.TaskStateStoreAccessor).
-The real runs, with a worker killed mid-call, are in tests/test_durable_runs.py."""
+The real runs, with a worker killed mid-call, are in tests/test_production_durable.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Durable calls (airflow_infra/pipeline/durable.py) on the production-shaped Airflow:
-tests/test_durable_runs.py kills the worker processes running these tasks (the Celery pool
+tests/test_production_durable.py kills the worker processes running these tasks (the Celery pool
 process that supervises each, and the task process under it) while their calls run, as a
 lost worker would, and checks that the next try reattaches to the same container, Batch
 job and pod (the fake Kubernetes API's) instead of starting another, and collects their

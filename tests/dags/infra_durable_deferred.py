@@ -1,5 +1,5 @@
 """Durable calls while deferred: a pod (the fake Kubernetes API's) and a Batch job (moto's)
-waited for in the triggerer. tests/test_durable_runs.py restarts the triggerer while both
+waited for in the triggerer. tests/test_production_durable.py restarts the triggerer while both
 are deferred: the new triggerer picks the triggers up again, and each task ends with the
 one call it started."""
 

@@ -1,5 +1,7 @@
 """Durable calls on the production-shaped Airflow (tests/production.py), with faults
-injected mid-run and counted:
+injected mid-run and counted. Named to run beside test_production.py: the session's
+deployment starts with the first test that uses it and runs until the session ends, so its
+tests stay together at the end of the alphabet, not spread over the whole run. The faults:
 
   - the worker processes running three tasks are killed with SIGKILL while their calls run
     (a container on docker, a job on moto's Batch, a pod on the fake Kubernetes API), as a

@@ -272,7 +272,7 @@ def test_execution_timeout_deletes_the_pod(dags, docker_yaml, moto_s3, fake_kube
 @pytest.mark.integration
 def test_a_restarted_try_reattaches_to_its_running_pod(dags, docker_yaml, moto_s3, fake_kube, tmp_path):
     """The worker dies mid-task (SIGKILL: no on_kill); running the same try again finds the
-    pod by its labels, follows it to the end and reads the results it wrote."""
+    pod (through the task state store), follows it to the end and reads the results it wrote."""
     write_kube_yaml(docker_yaml, moto_s3)
     log = tmp_path / "first.log"
     before = set(pods_left())
@@ -296,7 +296,9 @@ def test_a_restarted_try_reattaches_to_its_running_pod(dags, docker_yaml, moto_s
     )
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-4000:]
-    assert f"reattached to pod {pods[0]}" in out and "slow: done" in out
+    # Found through the task state store, where the killed attempt kept its call (pipeline.durable).
+    reattached = f"try 1's call (kubernetes {pods[0]} on target 'k8s') still runs after its worker was lost: reattaching to it"
+    assert reattached in out and "slow: done" in out, out[-4000:]
     task = Client(moto_s3).run("infra_kube_reattach", run_id)["slow"]
     assert [c.path.name for c in task.tries()] == ["1"]  # one attempt, no half-written second folder
     assert task.result == 42

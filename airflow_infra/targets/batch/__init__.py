@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from airflow_infra.targets.batch.secrets import PREFIX
 from airflow_infra.targets.contract import TargetConfig, TargetKind
-from airflow_infra.targets.store_credentials import StoreCredentials, check_store_credentials
+from airflow_infra.targets.store_credentials import ROLE_ARN, StoreCredentials, check_store_credentials
 
 
 class BatchTarget(TargetConfig):
@@ -58,7 +58,7 @@ class BatchTarget(TargetConfig):
     @field_validator("job_role_arn", "execution_role_arn")
     @classmethod
     def _role(cls, value: str | None) -> str | None:
-        if value is not None and not _ROLE.fullmatch(value):
+        if value is not None and not ROLE_ARN.match(value):
             raise ValueError(f"{value!r} is not an IAM role ARN such as 'arn:aws:iam::123456789012:role/ml-jobs'")
         return value
 
@@ -72,7 +72,6 @@ class BatchTarget(TargetConfig):
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _ARN = re.compile(r"arn:aws[a-z-]*:batch:[a-z0-9-]+:[0-9]{12}:job-queue/[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-_ROLE = re.compile(r"arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}")
 _REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]")
 
 

@@ -454,5 +454,19 @@ class InfraOperator(BaseOperator):
         return value
 
     def on_kill(self) -> None:
-        if self._execution is not None:
-            self._execution.kill()
+        """Airflow's SIGTERM: the task was stopped (its call is killed), or its worker is
+        shutting down while the task still runs: then the call is left running, this try
+        fails, and the next one reattaches to it (pipeline.durable.shutting_down)."""
+        from airflow_infra.pipeline import durable
+
+        execution = self._execution
+        if execution is None:
+            return
+        if execution.detachable and durable.shutting_down(execution.call.context, self.log) and execution.detach():
+            message = (
+                f"{execution.call.where}: the worker is shutting down while Airflow still runs this task; its call "
+                f"({execution.handle.kind} {execution.handle.id}) is left running and the next try reattaches to it"
+            )
+            self.log.warning("%s", message)
+            raise durable.CallLeftRunning(message)
+        execution.kill()

@@ -39,6 +39,10 @@ PLAIN_TYPES = (str, int, float, bool, type(None))
 EXIT_USER_ERROR = 3
 HASH_MAX_BYTES = 64 << 20
 CONTROL = "AIRFLOW_INFRA_CONTROL_FD"  # names, in serve mode, the fd of the control socket to the worker
+# In serve mode, what a call that outlives its worker leaves in its folder (its cwd) for the
+# task's next try (airflow_infra/targets/local/runner.py): its exit, and its output since.
+OUTLIVED_EXIT = ".exit.json"
+OUTLIVED_OUTPUT = ".output.log"
 # How a call that declared connections receives their values: "stdin" (a JSON document the
 # worker writes to the call's standard input, then closes: docker), "file:PATH" (a JSON file,
 # a Secret mounted read-only: kubernetes) or "env:NAME" (a variable Batch sets from the job
@@ -360,11 +364,14 @@ def _send(sock: Any, message: dict[str, Any]) -> None:
     sock.sendall(json.dumps(message).encode() + b"\n")
 
 
-def _wait_call(sock: Any, pid: int) -> Any:
-    """Wait until the call's child has exited, without reaping it (the worker may still kill its group).
+def _wait_call(sock: Any, pid: int, output: int | None, deadline: float | None, cwd: str) -> tuple[Any, bool, bool]:
+    """Wait until the call's child has exited, without reaping it (the worker may still kill
+    its group); returns its waitid info, whether the worker went away meanwhile, and
+    whether the call was then stopped at its deadline.
 
-    If the worker goes away meanwhile (EOF on the control socket), end the call: it must
-    not outlive its task.
+    If the worker goes away (EOF on the control socket), end the call: it must not outlive
+    its task. Unless it is durable (`output`, the read end of its output pipe, is given):
+    then follow it to its end, as the worker would have (_follow_orphan).
     """
     import select
     import socket
@@ -373,6 +380,7 @@ def _wait_call(sock: Any, pid: int) -> Any:
         pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):  # no pidfd (old kernel): just wait
         pidfd = None
+    orphaned = timed_out = False
     if pidfd is not None:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
@@ -382,12 +390,53 @@ def _wait_call(sock: Any, pid: int) -> Any:
                 gone = sock.recv(1, socket.MSG_PEEK) == b""
             except OSError:  # ECONNRESET: the worker died with replies unread
                 gone = True
-            if gone:
-                _killpg(pid)
             poller.unregister(sock)
-            poller.poll()  # now the child alone
+            if gone and output is not None:
+                orphaned = True
+                timed_out = _follow_orphan(pid, pidfd, output, deadline, join(cwd, OUTLIVED_OUTPUT))
+            else:
+                if gone:
+                    _killpg(pid)
+                poller.poll()  # now the child alone
         os.close(pidfd)
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT), orphaned, timed_out
+
+
+def _follow_orphan(pid: int, pidfd: int, output: int, deadline: float | None, output_file: str) -> bool:
+    """A durable call whose worker has gone: append its output to `output_file` (it would
+    die of a broken pipe otherwise) until it has exited and its output has ended (or 2 s
+    after its exit, if something outside its group holds the pipe), and stop its group at
+    `deadline`, its timeout, which the worker enforced before. Whether it was stopped so."""
+    import select
+
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.register(output, select.POLLIN)
+    exited_at = None
+    reading, timed_out = True, False
+    with open(output_file, "ab") as log:
+        while exited_at is None or (reading and time.monotonic() < exited_at + 2.0):
+            waits = [deadline - time.time()] if deadline is not None and exited_at is None else []
+            if exited_at is not None:
+                waits.append(exited_at + 2.0 - time.monotonic())
+            ready = dict(poller.poll(max(0, min(waits)) * 1000 if waits else None))
+            if output in ready:
+                chunk = os.read(output, 1 << 16)
+                if chunk:
+                    log.write(chunk)
+                    log.flush()
+                else:
+                    reading = False
+                    poller.unregister(output)
+            if pidfd in ready and exited_at is None:
+                exited_at = time.monotonic()
+                poller.unregister(pidfd)
+                _killpg(pid)  # what it left in its group would hold the output open
+            elif exited_at is None and deadline is not None and time.time() >= deadline:
+                timed_out = True
+                _killpg(pid)
+                deadline = None  # its exit comes next
+    return timed_out
 
 
 def _killpg(pgid: int) -> None:
@@ -419,7 +468,12 @@ def serve() -> int:
     each, a forked child (its own session and process group) runs `main`; the server
     answers {"call": id, "pid": pid}, then, once the child has exited and its group is
     killed, {"call": id, "exit": code} (negative: killed by that signal). EOF on the
-    socket (the worker has gone) ends the server, and any call still running.
+    socket (the worker has gone) ends the server, and any call still running, except a
+    durable one: a request with {"outlive": {"timeout": seconds or null}} comes with a
+    second descriptor, the read end of the output pipe. If the worker goes away while such a
+    call runs, the server keeps it running (to its timeout at most), appends its output to
+    OUTLIVED_OUTPUT in the call's folder, writes its exit to OUTLIVED_EXIT there, and only
+    then ends: the task's next try follows the call through those files.
     """
     import socket
 
@@ -441,6 +495,8 @@ def serve() -> int:
             line, _, buffer = buffer.partition(b"\n")
             request = json.loads(line)
             out = fds.pop(0)
+            outlive = request.get("outlive")
+            output = fds.pop(0) if outlive is not None else None  # the pipe's read end, for after the worker
             if zombie is not None:
                 # Reaped only now: the worker has finished with the previous call (it sends
                 # a request only then), so its kill can no longer hit a reused pid.
@@ -451,6 +507,8 @@ def serve() -> int:
                 code = 70
                 try:
                     sock.close()  # the call must not be able to write control messages
+                    if output is not None:
+                        os.close(output)  # or the call's output never reaches EOF
                     os.setsid()
                     os.dup2(out, 1)
                     os.dup2(out, 2)
@@ -472,13 +530,23 @@ def serve() -> int:
                     finally:  # never fall back into the server's loop
                         os._exit(code)
             os.close(out)  # the child's copy is the only writer: EOF reaches the worker when the call ends
-            call_id = request["call"]
+            call_id, cwd = request["call"], request["cwd"]
+            deadline = time.time() + outlive["timeout"] if outlive and outlive.get("timeout") else None
             del request, line  # they hold the call's connection values: the server keeps no reference
             _send(sock, {"call": call_id, "pid": pid})
-            info = _wait_call(sock, pid)
+            try:
+                info, orphaned, timed_out = _wait_call(sock, pid, output, deadline, cwd)
+            finally:
+                if output is not None:
+                    os.close(output)
             _killpg(pid)  # anything the call left running in its group (the zombie leader keeps the pgid reserved)
             signalled = info.si_code != os.CLD_EXITED
-            _send(sock, {"call": call_id, "exit": -info.si_status if signalled else info.si_status})
+            code = -info.si_status if signalled else info.si_status
+            if orphaned:
+                with atomic_file(join(cwd, OUTLIVED_EXIT), durable=False) as fh:  # read only on this machine
+                    fh.write(json.dumps({"exit": code, "timed_out": timed_out}).encode())
+                return 0
+            _send(sock, {"call": call_id, "exit": code})
             zombie = pid
     except (BrokenPipeError, ConnectionResetError):
         return 0  # the worker went away mid-reply

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -173,11 +174,83 @@ def test_a_call_that_failed_is_run_again_not_reused(tmp_path):
     assert _take_over(cfg, state)[1] is True
 
 
-def test_the_local_kinds_calls_die_with_their_worker_so_it_never_reattaches(tmp_path):
+def test_the_local_kind_follows_only_a_process_its_own_scratch_folder_names(tmp_path):
+    """A local call is found again through its scratch folder, whose marker this worker wrote:
+    what the state store says (scratch, pid) never picks the process that is followed or killed."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
     from airflow_infra.targets import runner_for
+    from airflow_infra.targets.local.processes import ProcessRef
+    from airflow_infra.targets.local.runner import EARLIER, EarlierCall
 
     local = runner_for("local", InfraConfig())
-    assert local.status(None, Handle("local", "local", "123", "x")) == GONE
+    call = _call_for(folder_uri=str(tmp_path / "store" / "d" / "r" / "t" / "-1" / "1"))
+    scratch = tempfile.mkdtemp(prefix="airflow-infra-")
+    sleeper = subprocess.Popen(["sleep", "60"], cwd=scratch, start_new_session=True)
+    try:
+        process = ProcessRef.of(sleeper.pid)
+        marker = {"folder": call.folder_uri, **process.as_details()}
+        Path(scratch, EARLIER).write_text(json.dumps(marker))
+        handle = Handle("local", "local", str(sleeper.pid), call.folder_uri, {"scratch": scratch})
+        assert local.status(call, handle) == RUNNING
+        assert EarlierCall.find(handle).process == process
+
+        # Hostile handles: another folder, another scratch, no scratch, a scratch of the right
+        # name that is not ours; and markers that are not ours.
+        for details in ({}, {"scratch": "/etc"}, {"scratch": str(tmp_path)}, {"scratch": f"{scratch}/.."}, {"scratch": 7}):
+            assert local.status(call, Handle("local", "local", "1", call.folder_uri, details)) == GONE, details
+        other = Handle("local", "local", str(sleeper.pid), call.folder_uri[:-1] + "2", {"scratch": scratch})
+        assert local.status(call, other) == GONE
+        for bad in ("not json", json.dumps([1]), json.dumps({**marker, "pid": "1"}), json.dumps({**marker, "pid": 1}),
+                    json.dumps({**marker, "start": -1}), json.dumps({**marker, "boot": "another boot"}),
+                    json.dumps({**marker, "folder": "s3://elsewhere"}), json.dumps({**marker, "pid": True})):
+            Path(scratch, EARLIER).write_text(bad)
+            assert local.status(call, handle) == GONE, bad
+        # The very pid with another start time: a reused pid is never taken for the call.
+        Path(scratch, EARLIER).write_text(json.dumps({**marker, "start": process.start + 1}))
+        assert local.status(call, handle) == GONE
+        assert not ProcessRef(sleeper.pid, process.start + 1, process.boot).alive
+
+        # Killing through a handle whose marker names another process kills nothing.
+        local.kill(handle)
+        assert sleeper.poll() is None
+        # Through its own marker: the whole group, once.
+        Path(scratch, EARLIER).write_text(json.dumps(marker))
+        fresh = runner_for("local", InfraConfig())
+        fresh.kill(handle)
+        assert sleeper.wait(10) == -9
+        assert not process.alive and fresh.status(call, handle) == GONE  # gone, and no exit was kept
+        Path(scratch, ".exit.json").write_text(json.dumps({"exit": 0, "timed_out": False}))
+        assert fresh.status(call, handle) == RUNNING  # it ended since: following it collects what it left
+        os.chown(scratch, 65534, 65534)  # the right name, another user's folder
+        assert runner_for("local", InfraConfig()).status(call, handle) == GONE
+    finally:
+        sleeper.kill()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_a_stored_cgroup_is_released_only_when_it_is_a_calls_cgroup_here():
+    from airflow_infra.targets.local import cgroups
+
+    try:
+        hierarchies = cgroups.locate(Path("/sys/fs/cgroup"), None)
+    except (cgroups.Unenforced, OSError) as exc:
+        pytest.skip(f"no cgroups to place calls in here: {exc}")
+    parent = hierarchies.parents["memory"]
+    good = {"version": hierarchies.version, "dirs": {"memory": str(parent / f"{cgroups.PREFIX}123-0123456789ab")}}
+    assert cgroups.reopen("/sys/fs/cgroup", None, good).dirs == {"memory": parent / f"{cgroups.PREFIX}123-0123456789ab"}
+    for bad in (None, [], {"version": 3, "dirs": good["dirs"]}, {"version": hierarchies.version},
+                {"version": hierarchies.version, "dirs": {"memory": str(parent)}},
+                {"version": hierarchies.version, "dirs": {"memory": "/sys/fs/cgroup/memory/docker"}},
+                {"version": hierarchies.version, "dirs": {"memory": str(parent / "system.slice")}},
+                {"version": hierarchies.version, "dirs": {"memory": str(parent / f"{cgroups.PREFIX}1-0123456789ab" / "..")}},
+                {"version": hierarchies.version, "dirs": {"memory": str(parent / "x" / f"{cgroups.PREFIX}1-0123456789ab")}},
+                {"version": hierarchies.version, "dirs": {"pids": str(parent / f"{cgroups.PREFIX}1-0123456789ab")}},
+                {"version": hierarchies.version, "dirs": {"memory": 7}}):
+        assert cgroups.reopen("/sys/fs/cgroup", None, bad) is None, bad
 
 
 def test_a_record_naming_a_target_infra_yaml_no_longer_has_runs_the_call_afresh(tmp_path, capsys):
@@ -203,6 +276,7 @@ def test_docker_follows_only_this_task_instances_container_and_scratch_folder(tm
     import tempfile
 
     from airflow_infra.targets.docker import runner as docker_runner
+    from airflow_infra.targets import staging
 
     call = _call_for()
     mine = {"org.airflow-infra.ti": docker_runner.task_instance_key(call)}
@@ -228,18 +302,18 @@ def test_docker_follows_only_this_task_instances_container_and_scratch_folder(tm
     remote = _call_for(store_local=False)
     scratch = tempfile.mkdtemp(prefix="airflow-infra-")
     try:
-        assert docker_runner.own_scratch(scratch) is not None
+        assert staging.own_scratch(scratch) is not None
         assert runner.status(remote, Handle("docker", "docker", "mine", call.folder_uri, {"scratch": scratch})) == RUNNING
         link = os.path.join(tempfile.gettempdir(), f"airflow-infra-link{os.getpid()}")
         os.symlink(str(tmp_path), link)
         hostile = ["/etc", "/", str(tmp_path), link, f"{scratch}/..", f"{tempfile.gettempdir()}/airflow-infra-x/../../etc",
                    f"{tempfile.gettempdir()}/not-ours", None, 7, f"{scratch}\n"]
         for value in hostile:
-            assert docker_runner.own_scratch(value) is None, value
+            assert staging.own_scratch(value) is None, value
             assert runner.status(remote, Handle("docker", "docker", "mine", call.folder_uri, {"scratch": value})) == "ended", value
         os.unlink(link)
         os.chown(scratch, 65534, 65534)  # another user's folder of the right name
-        assert docker_runner.own_scratch(scratch) is None
+        assert staging.own_scratch(scratch) is None
     finally:
         os.rmdir(scratch)
 
@@ -293,3 +367,115 @@ def test_kubernetes_follows_only_a_pod_of_its_namespace_writing_this_very_call()
               for name in ("mine", "done", "dying", "theirs", "missing")}
     assert states == {"mine": RUNNING, "done": "ended", "dying": GONE, "theirs": GONE, "missing": GONE}
     assert set(asked) == {"ml"}  # the handle's namespace is not believed: the target's is asked
+
+
+# -- SIGTERM: a worker shutting down leaves the call running; a stopped task kills it ---------
+
+
+class _Runner:
+    """Records the verbs called; its wait raises what on_kill would raise into it."""
+
+    name, kind = "f", "fake"
+
+    def __init__(self, raises: BaseException):
+        self.raises, self.called = raises, []
+
+    def wait(self, call, handle):
+        raise self.raises
+
+    def kill(self, handle):
+        self.called.append("kill")
+
+    def collect(self, call, handle):
+        self.called.append("collect")
+
+    def detach(self, handle):
+        self.called.append("detach")
+        return True
+
+
+def test_a_call_left_running_is_neither_killed_nor_collected_nor_forgotten():
+    state = StateStore({durable.KEY: {"x": 1}})
+    call = SimpleNamespace(durable=True, context={"task_state_store": state}, where="d.t", log=LOG)
+    left = durable.CallLeftRunning("left running")
+    runner = _Runner(left)
+    execution = Execution(runner, call, Handle("fake", "f", "1", "x"))
+    assert not execution.detachable  # not being waited for
+    with pytest.raises(durable.CallLeftRunning), durable.until_the_call_ends(call.context):
+        execution.follow()
+    assert runner.called == [] and durable.KEY in state
+
+    # A library's cleanup raising over it (the pod operator's `finally`) changes nothing.
+    try:
+        try:
+            raise left
+        finally:
+            raise RuntimeError("cleanup failed")  # noqa: B012
+    except RuntimeError as over:
+        runner.raises = over
+    with pytest.raises(durable.CallLeftRunning):
+        execution.follow()
+    assert runner.called == []
+
+    # Anything else unwinding the task (a timeout, a plain SIGTERM's exception) kills and collects.
+    runner.raises = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt), durable.until_the_call_ends(call.context):
+        execution.follow()
+    assert runner.called == ["kill", "collect"] and durable.KEY not in state
+
+
+def _ti(try_number=1, max_tries=2, map_index=-1):
+    return SimpleNamespace(dag_id="d", task_id="t", run_id="r", map_index=map_index, try_number=try_number, max_tries=max_tries)
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    ({"r": {"t": "running"}}, True),
+    ({"r": {"t": "failed"}}, False),  # marked failed in the UI: the supervisor stops the task
+    ({"r": {"t": "success"}}, False),
+    ({"r": {"t": None}}, False),  # cleared
+    ({"r": {"t": "up_for_retry"}}, False),  # missed heartbeats: the next try already runs it afresh
+    ({}, False),
+])
+def test_a_sigterm_leaves_the_call_running_only_while_airflow_still_runs_the_task(monkeypatch, answer, expected):
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    asked = []
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(lambda **kw: asked.append(kw) or answer))
+    context = {"ti": _ti(), "task_state_store": StateStore()}
+    assert durable.shutting_down(context, LOG) is expected
+    assert asked == [{"dag_id": "d", "task_ids": ["t"], "run_ids": ["r"], "map_index": -1}]
+
+
+def test_a_mapped_index_is_asked_about_by_its_own_key(monkeypatch):
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(lambda **kw: {"r": {"t_3": "running", "t_4": "failed"}}))
+    assert durable.shutting_down({"ti": _ti(map_index=3), "task_state_store": StateStore()}, LOG) is True
+    assert durable.shutting_down({"ti": _ti(map_index=4), "task_state_store": StateStore()}, LOG) is False
+
+
+def test_without_a_retry_left_or_an_answer_the_call_is_killed_as_before(monkeypatch, caplog):
+    import threading
+
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    asked = []
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(lambda **kw: asked.append(kw) or {"r": {"t": "running"}}))
+    assert durable.shutting_down({"ti": _ti(try_number=3, max_tries=2), "task_state_store": StateStore()}, LOG) is False
+    assert durable.shutting_down({"ti": _ti()}, LOG) is False  # no state store: the next try could not find it
+    assert asked == []
+
+    def broken(**kw):
+        raise ConnectionError("supervisor gone")
+
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(broken))
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        assert durable.shutting_down({"ti": _ti(), "task_state_store": StateStore()}, LOG) is False
+    assert "could not ask Airflow whether this task still runs (supervisor gone): stopping its call" in caplog.text
+
+    never = threading.Event()  # a request lock held by the very thread the signal interrupted
+    monkeypatch.setattr(RuntimeTaskInstance, "get_task_states", staticmethod(lambda **kw: never.wait()))
+    with caplog.at_level(logging.WARNING, logger=LOG.name):
+        assert durable.shutting_down({"ti": _ti(), "task_state_store": StateStore()}, LOG, within=0.2) is False
+    assert "no answer within 0.2s" in caplog.text
+    never.set()

@@ -229,3 +229,95 @@ def test_grandchild_holding_the_output_open_does_not_hang(server, tmp_path, new_
             os.kill(grandchild, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# -- a durable call outlives its worker: the server follows it (runtime.serve) ---------------
+
+_WORKER = """
+import os, sys
+from pathlib import Path
+from airflow_infra.codeship import dumps_call
+from airflow_infra.targets.local.server import RuntimeServer
+
+def fn():
+    import time
+    for i in range(8):
+        print(f"line {i}", flush=True)
+        time.sleep(0.4)
+    return 42
+
+folder, timeout = Path(sys.argv[1]), float(sys.argv[2]) or None
+(folder / "call.pkl").write_bytes(dumps_call(fn, [], {}, roots=[], xcom_max_bytes=1024)[0])
+server = RuntimeServer(Path(sys.executable), dict(os.environ))
+call = server.start([str(folder / "call.pkl"), str(folder / "out")], folder, {}, outlive={"timeout": timeout})
+print("pids", call.pid, server.proc.pid, flush=True)
+call.stream(lambda line: print("seen", line, flush=True))
+"""
+
+
+def _orphan(tmp_path: Path, timeout: float) -> tuple[Path, int, int, list[str]]:
+    """A worker process starts a durable call and is killed with SIGKILL after its second line."""
+    import subprocess
+
+    folder = tmp_path / "call"
+    folder.mkdir()
+    worker = subprocess.Popen([sys.executable, "-c", _WORKER, str(folder), str(timeout)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+    seen = []
+    try:
+        while len(seen) < 2:
+            line = worker.stdout.readline()
+            assert line, "the worker ended early"
+            if line.startswith("pids"):
+                call_pid, server_pid = map(int, line.split()[1:])
+            else:
+                seen.append(line.split(" ", 1)[1].strip())
+        worker.kill()
+    finally:
+        worker.wait(10)
+    return folder, call_pid, server_pid, seen
+
+
+def _ended(folder: Path, within: float = 20) -> dict:
+    import json
+
+    until = time.monotonic() + within
+    while not (folder / ".exit.json").exists():
+        assert time.monotonic() < until, "the server wrote no exit"
+        time.sleep(0.1)
+    return json.loads((folder / ".exit.json").read_text())
+
+
+def _gone(pid: int) -> bool:
+    until = time.monotonic() + 10
+    while time.monotonic() < until:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{pid}/stat") as fh:
+            if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_durable_call_runs_on_when_its_worker_is_killed_and_its_output_and_exit_are_kept(tmp_path):
+    import json
+
+    folder, call_pid, server_pid, seen = _orphan(tmp_path, timeout=0)
+    assert _ended(folder) == {"exit": 0, "timed_out": False}
+    kept = (folder / ".output.log").read_text().splitlines()
+    # Everything written after the worker died is kept, to the last line (what the worker
+    # read but had not passed on when it was killed is its loss alone).
+    assert seen == ["line 0", "line 1"] and 4 <= len(kept) <= 6, (seen, kept)
+    assert kept == [f"line {i}" for i in range(8 - len(kept), 8)], kept
+    assert json.loads((folder / "out" / "outcome.json").read_text())["ok"] is True
+    assert _gone(server_pid) and _gone(call_pid)  # the server ends with the call it followed
+
+
+def test_a_durable_call_whose_worker_died_still_ends_at_its_timeout(tmp_path):
+    folder, call_pid, server_pid, _ = _orphan(tmp_path, timeout=1.5)
+    assert _ended(folder) == {"exit": -signal.SIGKILL, "timed_out": True}
+    assert not (folder / "out" / "outcome.json").exists()
+    assert _gone(server_pid) and _gone(call_pid)

@@ -34,6 +34,13 @@ _PLAIN = re.compile(r"[\x21-\x7e]{1,512}\Z")  # container ids, pod names, job id
 _TRY_FOLDER = re.compile(r"[1-9][0-9]{0,8}(-[1-9][0-9]{0,8})?\Z")  # artifacts.task_dir's names: {try} or {try}-{attempt}
 
 
+class CallLeftRunning(BaseException):
+    """Raised into the task (from on_kill) when its worker is shutting down while Airflow
+    still runs it: the call is left running and this try fails, so that the next one
+    reattaches (pipeline.durable). A BaseException, like Airflow's own AirflowTaskTimeout,
+    so that no `except Exception` on the way swallows it."""
+
+
 @dataclass(frozen=True)
 class Earlier:
     """A call an earlier try of this task instance submitted and never saw end."""
@@ -46,6 +53,11 @@ class Earlier:
 
 def _state_store(context: Any) -> Any:
     return context.get("task_state_store") if context is not None else None
+
+
+def available(context: Any) -> bool:
+    """Whether a later try of this task instance can find this try's call."""
+    return _state_store(context) is not None
 
 
 def recall(context: Any, store: Any, dag_id: str, run_id: str, task_id: str, map_index: int, log: Any) -> Earlier | None:
@@ -89,6 +101,46 @@ def forget(context: Any) -> None:
         state.delete(KEY)
 
 
+def shutting_down(context: Any, log: Any, within: float = 3.0) -> bool:
+    """Whether a SIGTERM this try got means its worker is shutting down (a graceful stop of
+    a Celery worker or of a worker pod) rather than that the task was stopped (marked failed
+    or success, cleared, or dropped for missed heartbeats): Airflow still has this try
+    running and it has a retry left, which will reattach to the call.
+
+    Asked of the API server through the task's supervisor, which serves requests while it
+    waits for the task to stop. From a thread, with a deadline: on_kill runs in a signal
+    handler that may have interrupted this very thread inside a request, whose lock the
+    question would then wait for forever. No answer in time counts as "stopped": the call
+    is killed, as it always was."""
+    import threading
+
+    ti = context["ti"] if context is not None else None
+    if ti is None or _state_store(context) is None or ti.try_number > ti.max_tries:
+        return False
+    answer: dict[str, Any] = {}
+
+    def ask() -> None:
+        from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+        try:
+            states = RuntimeTaskInstance.get_task_states(
+                dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=ti.map_index,
+            )
+            key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}_{ti.map_index}"
+            answer["state"] = (states.get(ti.run_id) or {}).get(key)
+        except Exception as exc:  # noqa: BLE001 - said below; then the call is killed
+            answer["error"] = exc
+
+    asking = threading.Thread(target=ask, name="airflow-infra-ask-state", daemon=True)
+    asking.start()
+    asking.join(within)
+    if "state" not in answer:
+        log.warning("could not ask Airflow whether this task still runs (%s): stopping its call",
+                    answer.get("error", f"no answer within {within:g}s"))
+        return False
+    return answer["state"] == "running"
+
+
 def finished(store: Any, earlier: Earlier) -> dict[str, Any] | None:
     """The outcome the earlier call wrote, when it is a good one."""
     path = store.path(earlier.folder) / OUTCOME_FILE
@@ -101,12 +153,13 @@ def finished(store: Any, earlier: Earlier) -> dict[str, Any] | None:
 @contextmanager
 def until_the_call_ends(context: Any) -> Iterator[None]:
     """Forget the call when this try has seen it end, in success or failure (a signal or a
-    timeout included: the call is killed then); keep it while the try defers."""
+    timeout included: the call is killed then); keep it while the try defers, or when the
+    worker shut down and left it running for the next try."""
     from airflow.sdk.exceptions import TaskDeferred
 
     try:
         yield
-    except TaskDeferred:
+    except (TaskDeferred, CallLeftRunning):
         raise
     except BaseException:
         forget(context)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from airflow_infra.artifacts import HANDLE_FILE, OUTCOME_FILE
 from airflow_infra.errors import InfraStoreError, InfraTaskFailed
 from airflow_infra.pipeline import durable
+from airflow_infra.pipeline.durable import CallLeftRunning
 from airflow_infra.pipeline.escalation import InfraOutOfMemory, record_oom
 from airflow_infra.targets.contract import Call, Deferral, Handle, Runner
 from airflow_infra.targets.oom import OutOfMemory
@@ -33,6 +34,7 @@ class Execution:
     def __init__(self, runner: Runner, call: Call, handle: Handle | None = None):
         self.runner, self.call, self.handle = runner, call, handle
         self._killed = False
+        self._waiting = False  # inside wait or resume: the only time the call can be left running
 
     def start(self) -> Deferral | None:
         """Run the call; None when it has ended (its outcome is in `outcome_folder`), or a
@@ -71,6 +73,17 @@ class Execution:
             self.runner.kill(self.handle)
 
     @property
+    def detachable(self) -> bool:
+        """Whether the call could be left running for the task's next try: it is durable and
+        being waited for (not being submitted or collected: then it is killed, as before)."""
+        return self.handle is not None and self._waiting and self.call.durable and not self._killed
+
+    def detach(self) -> bool:
+        """Stop following the call, leaving it running for the task's next try (the worker is
+        shutting down); False when the runner cannot leave it so."""
+        return self.detachable and self.runner.detach(self.handle)
+
+    @property
     def outcome_folder(self):
         """Where the outcome is: the call's folder, or the one of the call a runner reattached to."""
         folder = self.handle.folder
@@ -81,9 +94,13 @@ class Execution:
     def _settle(self, step: Callable[[], Deferral | None]) -> Deferral | None:
         call, handle = self.call, self.handle
         error: Exception | None = None
+        self._waiting = True
         try:
             deferral = step()
         except BaseException as exc:
+            self._waiting = False
+            if (left := _left_running(exc)) is not None:
+                raise left  # the runner let go of the call: nothing to kill, collect or explain
             unwinding = _unwinding(exc)
             if unwinding is not None:
                 # Airflow's execution_timeout or a signal unwinding the task: the call must not
@@ -95,6 +112,7 @@ class Execution:
                 raise unwinding from None
             error = exc  # explained below, unless the call wrote its own outcome
         else:
+            self._waiting = False
             if deferral is not None:
                 save_handle(call, handle)
                 return deferral
@@ -112,6 +130,16 @@ class Execution:
             record_oom(call, explanation.limit, explanation.evidence)
             raise InfraOutOfMemory(f"{call.where}: {explanation}", call.resources.memory) from None
         raise InfraTaskFailed(f"{call.where}: {explanation}") from None
+
+
+def _left_running(exc: BaseException) -> CallLeftRunning | None:
+    """The CallLeftRunning behind `exc` (a library's cleanup may have raised over it), if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, CallLeftRunning):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def _unwinding(exc: BaseException) -> BaseException | None:

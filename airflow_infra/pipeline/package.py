@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_infra.artifacts import CALL_FILE, CALL_META_FILE, ArtifactStore, find_refs
 from airflow_infra.errors import InfraStoreError, where
+from airflow_infra.pipeline import durable
 from airflow_infra.pipeline.plan import CallPlan
 from airflow_infra.spec import Environment, Resources
 from airflow_infra.targets.contract import Call
@@ -122,6 +123,7 @@ def package_call(
         requirements_path=plan.requirements_path,
         requirements_text=plan.requirements_text,
         context=context,
+        durable=durable.available(context),
         connections=connections,
     )
     return Packaged(call, meta, args, kwargs)
@@ -155,5 +157,6 @@ def reopen_call(
         log=log,
         refs=tuple(meta.get("refs", ())),
         context=context,
+        durable=durable.available(context),
     )
     return call, meta

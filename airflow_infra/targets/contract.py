@@ -11,6 +11,7 @@ A call goes through the same verbs on every kind:
     kill(handle)                   stop it and everything it started
     status(call, handle)           after the worker that submitted it died: running, ended or gone
     reattach(call, handle)         follow such a call that still runs (then wait/resume/collect it)
+    detach(handle)                 the worker is shutting down: stop following, leave it running
 
 `airflow_infra.pipeline.execute` drives them. A runner sees only the Call and its own
 handles: never the operator, never Airflow's task instance beyond the context it may hand
@@ -74,6 +75,9 @@ class Call:
     requirements_text: str | None = None
     context: Any = None  # Airflow's task context: for provider operators a kind delegates to
     links: dict[str, str] = field(default_factory=dict)  # extra links recorded so far: {part: url}
+    # Whether a later try of this task instance can find this call (pipeline.durable): then a
+    # kind whose calls would end with their worker (local) lets them run on without it.
+    durable: bool = False
     # The declared Airflow connections' values (pipeline.connections.ConnectionValues), for
     # the runner to deliver to the call; never written anywhere. Out of repr and comparisons.
     connections: Any = field(default=None, repr=False, compare=False)
@@ -192,6 +196,14 @@ class Runner(ABC):
         on it as if this runner had submitted it. Kinds whose calls never outlive their
         worker keep this default, which status() never lets run."""
         raise NotImplementedError(f"target kind {self.kind!r} does not reattach")
+
+    def detach(self, handle: Handle) -> bool:
+        """The worker is shutting down while Airflow still runs the task (pipeline.execute):
+        stop following the call and leave it running for the task's next try, which
+        reattaches; never kill it. False when it cannot be left so (then it is killed).
+        Default: the call runs elsewhere (a container, a pod, a job) and outlives its
+        follower as it is."""
+        return True
 
 
 @dataclass(frozen=True)

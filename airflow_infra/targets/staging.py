@@ -5,7 +5,10 @@ docker): a local store is used in place; a remote one is staged through a scratc
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,3 +73,20 @@ class StagedCall:
                     self.call.store.upload(path, self.call.folder / path.name)
         finally:
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def own_scratch(value: object) -> Path | None:
+    """A staged call's scratch folder named by a stored handle, if it is one this worker's
+    user made (StagedCall.open: tempfile.mkdtemp(prefix="airflow-infra-")): a later try
+    uploads from it and then deletes it, so nothing else is ever taken for one."""
+    path = Path(str(value))
+    if path.parent != Path(tempfile.gettempdir()) or not _SCRATCH.match(path.name):
+        return None
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return path if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() else None
+
+
+_SCRATCH = re.compile(r"airflow-infra-[A-Za-z0-9_]{1,64}\Z")

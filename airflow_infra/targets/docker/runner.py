@@ -14,18 +14,15 @@ import json
 import os
 import re
 import socket
-import stat
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 from airflow_infra import runtime
 from airflow_infra.errors import InfraTaskFailed
 from airflow_infra.targets.contract import ENDED, GONE, RUNNING, Call, Deferral, Handle, Runner, deadline, explain_process_end
 from airflow_infra.targets.image import prepare_image
 from airflow_infra.targets.output import OutputLines, log_line
-from airflow_infra.targets.staging import StagedCall
+from airflow_infra.targets.staging import StagedCall, own_scratch
 
 
 # Every container carries its call's identity, so that a later try (or a person with
@@ -40,23 +37,6 @@ _PLAIN_LABEL_VALUE = re.compile(r"[A-Za-z0-9_.~:+@ -]{1,250}\Z")
 def task_instance_key(call: Call) -> str:
     identity = json.dumps([call.dag_id, call.run_id, call.task_id, call.map_index])
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
-
-
-def own_scratch(value: object) -> Path | None:
-    """A staged call's scratch folder named by a stored handle, if it is one this worker's
-    user made (StagedCall.open: tempfile.mkdtemp(prefix="airflow-infra-")): a later try
-    uploads from it and then deletes it, so nothing else is ever taken for one."""
-    path = Path(str(value))
-    if path.parent != Path(tempfile.gettempdir()) or not _SCRATCH.match(path.name):
-        return None
-    try:
-        info = path.lstat()
-    except OSError:
-        return None
-    return path if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() else None
-
-
-_SCRATCH = re.compile(r"airflow-infra-[A-Za-z0-9_]{1,64}\Z")
 
 
 def container_labels(call: Call) -> dict[str, str]:

@@ -145,6 +145,13 @@ class KubernetesRunner(Runner):
             if exc.status != 404:  # gone already
                 raise
 
+    def detach(self, handle: Handle) -> bool:
+        # The pod operator's cleanup, which runs as the task unwinds, deletes the pod unless
+        # it was killed (on_kill then deletes it itself): marked so, it leaves the pod alone.
+        if self._operator is not None:
+            self._operator._killed = True
+        return True
+
     def status(self, call: Call, handle: Handle) -> str:
         from kubernetes.client.exceptions import ApiException
 

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PREFIX = "airflow-infra-call-"
 CFS_PERIOD_US = 100_000
@@ -152,6 +154,10 @@ class CallCgroup:
 
     def __init__(self, version: int, dirs: dict[str, Path]):
         self.version, self.dirs = version, dirs
+
+    def as_details(self) -> dict[str, Any]:
+        """For the call's stored handle: a later try releases the cgroup (reopen)."""
+        return {"version": self.version, "dirs": {c: str(d) for c, d in self.dirs.items()}}
 
     @property
     def join_files(self) -> list[str]:
@@ -292,6 +298,30 @@ def _limit_memory(made: CallCgroup, folder: Path, memory: int) -> None:
     _write(folder / "memory.limit_in_bytes", str(memory))
     if (folder / "memory.memsw.limit_in_bytes").exists():  # only with swap accounting; set after the memory limit
         _write(folder / "memory.memsw.limit_in_bytes", str(memory))
+
+
+_NAME = re.compile(re.escape(PREFIX) + r"[0-9]{1,10}-[0-9a-f]{12}\Z")  # create()'s names
+
+
+def reopen(root: str, parent: str | None, details: object) -> CallCgroup | None:
+    """The cgroup a stored handle names (a later try follows the call in it, then removes
+    it), if it is a call's cgroup directly under the parent calls' cgroups go in here; None
+    otherwise. The handle comes from the task state store, which Airflow's REST API can
+    write: nothing else is ever killed or removed through it."""
+    try:
+        hierarchies = locate(Path(root), parent)
+    except (Unenforced, OSError):
+        return None
+    if not isinstance(details, dict) or details.get("version") != hierarchies.version or not isinstance(details.get("dirs"), dict):
+        return None
+    dirs = {}
+    for controller, folder in details["dirs"].items():
+        expected = hierarchies.parents.get(controller) if isinstance(controller, str) else None
+        path = Path(folder) if isinstance(folder, str) else None
+        if expected is None or path is None or path.parent != expected or not _NAME.match(path.name) or path.is_symlink():
+            return None
+        dirs[controller] = path
+    return CallCgroup(hierarchies.version, dirs) if dirs else None
 
 
 def sweep(hierarchies: Hierarchies) -> None:

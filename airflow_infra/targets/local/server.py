@@ -80,7 +80,7 @@ class RuntimeServer:
 
     def start(
         self, argv: list[str], cwd: Path, env: dict[str, str], connections: dict[str, Any] | None = None,
-        cgroup: list[str] | None = None,
+        cgroup: list[str] | None = None, outlive: dict[str, Any] | None = None,
     ) -> RunningCall:
         """Hand the call to the server; returns once its pid is known.
 
@@ -90,7 +90,11 @@ class RuntimeServer:
         `connections`: the declared connections' values. They travel in this request only,
         over the socket, and the forked child installs them in its own memory and
         environment: they never reach the server's environment (which every later call
-        inherits), the worker's, or a file."""
+        inherits), the worker's, or a file.
+
+        `outlive` ({"timeout": seconds or None}): the call is durable. The server gets a copy
+        of the output pipe's read end too, so that if this process dies the call runs on
+        and the server keeps its output and exit in the call's folder (runtime.serve)."""
         with self._io:
             if not self.alive:
                 raise ServerGone(self._describe_end())
@@ -107,16 +111,18 @@ class RuntimeServer:
             call._output = read_end
             request = json.dumps(
                 {"call": call._id, "argv": argv, "cwd": str(cwd), "env": env, "connections": connections or {},
-                 "cgroup": cgroup or []}
+                 "cgroup": cgroup or [], **({"outlive": outlive} if outlive is not None else {})}
             ).encode() + b"\n"
+            fds = [write_end] + ([os.dup(read_end)] if outlive is not None else [])
             try:
-                sent = socket.send_fds(self._sock, [request], [write_end])
+                sent = socket.send_fds(self._sock, [request], fds)
                 self._sock.sendall(request[sent:])  # a signal can cut a large send short
             except OSError:
                 call._close_output()
                 raise self._died() from None
             finally:
-                os.close(write_end)  # the child's copy must be the only writer, or the output never ends
+                for fd in fds:
+                    os.close(fd)  # the child's copy must be the only writer, or the output never ends
             try:
                 call.pid = self._await(call._id, "pid")
             except ServerGone:
@@ -131,6 +137,9 @@ class RuntimeServer:
             self._sock.shutdown(socket.SHUT_WR)  # the server's loop ends on EOF
         except OSError:
             pass
+        if self._current is not None and self._current.detached:
+            self._gone = True  # it follows the call to its end, then exits: not ours to wait for
+            return
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -216,6 +225,7 @@ class RunningCall:
         # this very thread while it is inside _finish.
         self._state = threading.RLock()
         self._settled = False  # once true, the server may reap the child: its pid is no longer ours
+        self.detached = False
 
     def stream(self, on_line: Callable[[str], None], on_exit: Callable[[], None] | None = None) -> int:
         """Pass the call's output to on_line, line by line, until it has ended; return its exit code.
@@ -276,6 +286,13 @@ class RunningCall:
                         os.kill(self.pid, signal.SIGKILL)
                 except OSError:
                     pass
+
+    def detach(self) -> None:
+        """Leave a durable call running: this process stops following it, and once it has
+        gone the server follows it instead (start's `outlive`). Never kills it."""
+        with self._state:
+            self._settled = self.detached = True
+        self._close_output()
 
     def _finish(self, code: int) -> None:
         with self._state:  # any kill() under way completes before the pid is given up

@@ -28,6 +28,13 @@ And the agent's memory limit, which moto does not set (its job containers run un
     memory usage", its `exitCode` 137, and the job's statusReason "Essential container in
     task exited". Any other exit keeps moto's report.
 
+And the awslogs driver, which moto does not imitate (it puts a job's whole log into
+CloudWatch Logs once its container has stopped, and names the stream in DescribeJobs only
+then): the job's stream is named once its container runs, and its stdout and stderr lines
+reach the stream about every second while it runs, as the awslogs driver sends them. When
+moto then puts the whole log at the end, the lines already sent are not sent again.
+Timestamps are the container's, in milliseconds, as moto's own.
+
 And IAM session policies on S3 (dev/moto_session_policies.py): credentials of an assumed
 role with a session policy can do on S3 only what that policy allows, as per-call store
 credentials need. Everything else stays unchecked, as in moto.
@@ -45,9 +52,13 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+from collections import Counter
 from typing import Any
 
 from moto.batch import models as batch
+from moto.core.parse import default_timestamp_parser
+from moto.core.utils import unix_time_millis
 from moto.secretsmanager.models import secretsmanager_backends
 
 import moto_session_policies  # noqa: E402,F401  (dev/, this script's folder: patches moto's S3 checks on import)
@@ -135,10 +146,69 @@ class _Containers:
         memory = memory_mib(self._job)
         limits = {"mem_limit": f"{memory}m", "memswap_limit": f"{memory}m"} if memory else {}
         container = self._containers.run(**{**kwargs, **limits, "environment": {**kwargs.get("environment", {}), **secrets}})
+        threading.Thread(target=_send_logs_while_running, args=(container, self._job), daemon=True).start()
         return _Watched(container, self._job)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._containers, name)
+
+
+class _SentLogs:
+    """moto's Logs backend as one job's thread sees it: the lines _send_logs_while_running
+    has sent are not put again when moto puts the whole log at the end (counted, so that a
+    line printed twice in the same millisecond is still sent twice)."""
+
+    def __init__(self, backend: Any):
+        self._backend, self._lock, self.sent = backend, threading.Lock(), Counter()
+
+    def send(self, group: str, stream: str, events: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self.sent.update((e["timestamp"], e["message"]) for e in events)
+            self._backend.put_log_events(group, stream, events)
+
+    def put_log_events(self, group: str, stream: str, events: list[dict[str, Any]]) -> Any:
+        with self._lock:
+            fresh = []
+            for event in events:
+                key = (event["timestamp"], event["message"])
+                if self.sent[key]:
+                    self.sent[key] -= 1
+                else:
+                    fresh.append(event)
+            return self._backend.put_log_events(group, stream, fresh) if fresh else None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
+def _send_logs_while_running(container: Any, job: batch.Job) -> None:
+    """The awslogs driver's part: every second, the container's complete new lines go to the
+    job's stream, as moto will format them at the end (its own code: "<timestamp> <line>")."""
+    import time
+
+    logs = job._log_backend
+    logs.ensure_log_group(job._log_group)
+    logs.ensure_log_stream(job._log_group, job._stream_name)
+    job.log_stream_name = job._stream_name
+    sent = 0
+    while True:
+        try:
+            container.reload()
+            running = container.status == "running"
+            text = container.logs(stdout=True, stderr=True, timestamps=True).decode(errors="replace")
+        except Exception:  # noqa: BLE001 - the container is gone: moto's end-of-job put has the rest
+            return
+        lines = [line for line in text[: text.rfind("\n") + 1].split("\n") if line]
+        events = []
+        for line in lines[sent:]:
+            stamp, _, message = line.partition(" ")
+            events.append({"timestamp": unix_time_millis(default_timestamp_parser(stamp)), "message": message.strip()})
+        if events:
+            logs.send(job._log_group, job._stream_name, events)
+            sent = len(lines)
+        if not running:
+            return
+        time.sleep(1.0)
 
 
 class _AgentDockerClient:
@@ -157,6 +227,7 @@ def _run_as_the_agent(self: batch.Job) -> None:
         # DockerModel keeps its client in this (name-mangled) attribute; the job's thread
         # uses it for everything, and only containers.run changes.
         self._DockerModel__docker_client = _AgentDockerClient(self.docker_client, self)
+        self._log_backend = _SentLogs(self._log_backend)
     _moto_run(self)
 
 

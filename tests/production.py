@@ -112,7 +112,7 @@ def deployment_yaml(registry: str, artifacts: str, batch_queue: str | None = Non
 
     certs = [os.environ["SSL_CERT_FILE"]] if os.environ.get("SSL_CERT_FILE") else []
     k8s = (
-        "  k8s: {kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true, deferrable: true, "
+        "  k8s: {kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true, deferrable: true, log_interval: 5, "
         "dashboard_url: 'https://dashboard.test/#/pod/{namespace}/{name}'}\n"
         # Blocking: a worker follows the pod (tests/test_production_durable.py kills that worker).
         "  k8s-sync: {kind: kubernetes, namespace: ml, startup_check_interval: 1, pass_credentials: true}\n"

@@ -70,7 +70,7 @@ def test_deferrable_mode_resumes_from_the_store(dags, docker_yaml, moto_s3, batc
     run = dags.test("infra_batch_failures")  # one task raises, one dies: both must resume and explain
     assert "task 'raises': the function raised ValueError: bad input on batch" in run.output
     assert "task 'dies': Batch job" in run.output and "about to die" in run.output
-    assert "BatchJobTrigger" in run.output or "defer" in run.output.lower()
+    assert "BatchCallTrigger" in run.output or "defer" in run.output.lower()
     assert Client(store).run("infra_batch_failures", run.run_id)["raises"].target == "gpu"
 
 

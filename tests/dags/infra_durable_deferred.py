@@ -16,7 +16,10 @@ def infra_durable_deferred():
         import time
 
         started = time.time()
-        time.sleep(float(seconds))
+        for tick in range(int(float(seconds) // 2)):  # a line every 2 s: the task log shows them while deferred
+            print(f"tick {tick}", flush=True)
+            time.sleep(2)
+        time.sleep(float(seconds) % 2)
         return {"slept": float(seconds), "started": started}
 
     infra_task(target="k8s", cache=False)(slow).override(task_id="deferred_k8s")("{{ params.seconds }}")

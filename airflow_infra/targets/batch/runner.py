@@ -10,6 +10,7 @@ definition revision of its own (secrets.py).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import re
 from typing import Any
@@ -220,23 +221,20 @@ class BatchRunner(Runner):
         if not self.target.deferrable:
             operator.monitor_job(call.context)  # follows the job, its log into the task log; raises if it failed
             return None
-        from airflow.providers.amazon.aws.triggers.batch import BatchJobTrigger
+        from airflow_infra.targets.batch.trigger import BatchCallTrigger
 
-        # What BatchOperator.execute defers with after its own submit.
-        trigger = BatchJobTrigger(
-            job_id=handle.id,
-            waiter_max_attempts=operator.max_retries,
-            aws_conn_id=operator.aws_conn_id,
-            region_name=operator.region_name,
-            waiter_delay=operator.poll_interval,
-            verify=operator.verify,
-            botocore_config=operator.botocore_config,
-        )
-        return Deferral(trigger)
+        # As BatchOperator.execute defers after its own submit, but with the job's log passed
+        # into the task log while it runs (the provider's trigger only waits).
+        trigger = BatchCallTrigger(handle.id, operator.aws_conn_id, operator.region_name, operator.poll_interval)
+        timeout = dt.timedelta(seconds=call.resources.timeout + 600) if call.resources.timeout else None
+        return Deferral(trigger, timeout)
 
     def resume(self, call: Call, handle: Handle, event: dict[str, Any] | None) -> Deferral | None:
         operator = self._make_operator(call)
-        operator.execute_complete(call.context, event or {"status": "unknown", "job_id": handle.id})  # log, status
+        event = event or {"status": "unknown", "job_id": handle.id}
+        if event.get("log_streamed"):
+            operator.awslogs_enabled = False  # the trigger passed it on as it came
+        operator.execute_complete(call.context, event)  # status (and the log, if not streamed)
         return None
 
     def explain(self, call: Call, handle: Handle, error: BaseException | None) -> str:

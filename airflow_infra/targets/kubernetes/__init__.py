@@ -59,6 +59,9 @@ class KubernetesTarget(TargetConfig):
     pull_registry: str | None = None
     # Wait for the pod in the triggerer instead of holding a worker slot.
     deferrable: bool = False
+    # While deferred, the pod's new log lines reach the task log at least this often
+    # (seconds): the pod operator's logging_interval, a moment on a worker each time.
+    log_interval: int = Field(default=30, ge=1, le=3600)
     startup_timeout: int = Field(default=120, gt=0)
     # How often the provider asks whether the pod has started (KubernetesPodOperator's
     # startup_check_interval_seconds; its default, 5 s, is most of a short task's latency).

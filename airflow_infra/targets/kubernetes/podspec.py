@@ -121,6 +121,8 @@ def operator_arguments(
         "startup_timeout_seconds": target.startup_timeout,
         "startup_check_interval_seconds": target.startup_check_interval,
         "deferrable": target.deferrable,
+        # While deferred, come back for the log this often: not only once the pod has ended.
+        "logging_interval": target.log_interval if target.deferrable else None,
         "get_logs": True,  # the pod's output streams into the task log
         "do_xcom_push": False,  # results travel through the artifact store
         "on_finish_action": "delete_pod",

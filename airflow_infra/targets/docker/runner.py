@@ -99,6 +99,7 @@ class DockerRunner(Runner):
     _reference: str
     _staged: StagedCall | None = None
     _engine = None
+    _detached = False  # set by detach(): the worker is shutting down and leaves the container to the next try
 
     @property
     def engine(self):
@@ -267,8 +268,10 @@ class DockerRunner(Runner):
             else:
                 handle.details["oom"] = False
         except BaseException:
-            # Airflow's execution_timeout or a signal unwinding the task: the container must not outlive it.
-            self._stop(handle)
+            # Airflow's execution_timeout or a signal unwinding the task: the container must not
+            # outlive it, unless the worker is shutting down and left it to the next try (detach).
+            if not self._detached:
+                self._stop(handle)
             raise
         finally:
             handle.details["elapsed"] = time.monotonic() - self._started
@@ -297,6 +300,10 @@ class DockerRunner(Runner):
     def kill(self, handle: Handle) -> None:
         handle.details["killed"] = True
         self._stop(handle)
+
+    def detach(self, handle: Handle) -> bool:
+        self._detached = True  # what unwinds the task now leaves the container running
+        return True
 
     def _stop(self, handle: Handle) -> None:
         self._container_call(handle, "kill")

@@ -69,10 +69,11 @@ def make_ref(uri: str, type_name: str, size: int, sha256: str | None = None) -> 
     return {REF_KEY: uri, "type": type_name, "bytes": size, "sha256": sha256}
 
 
-def find_refs(value: Any) -> list[str]:
-    """Every artifact URI referenced anywhere inside nested lists, tuples and dicts."""
-    found: list[str] = []
-    map_refs(value, lambda ref: found.append(ref[REF_KEY]))
+def find_refs(value: Any, *, whole: bool = False) -> list[Any]:
+    """Every artifact URI referenced anywhere inside nested lists, tuples and dicts (with
+    `whole`, the references themselves)."""
+    found: list[Any] = []
+    map_refs(value, lambda ref: found.append(ref if whole else ref[REF_KEY]))
     return found
 
 

@@ -9,6 +9,7 @@ import attr
 from airflow.sdk.bases.decorator import DecoratedOperator, _TaskDecorator
 from airflow.sdk.definitions._internal.contextmanager import DagContext
 
+from airflow_infra.errors import InfraSpecError, where
 from airflow_infra.operator import InfraOperator
 from airflow_infra.pipeline.escalation import check_on_oom
 from airflow_infra.pipeline.declaration import check_connections, declaration_from, validate_declaration
@@ -48,6 +49,29 @@ class _InfraTaskDecorator(_TaskDecorator):
         operator = mapped.operator
         check_on_oom(operator.partial_kwargs.get("on_oom"), getattr(dag, "dag_id", None), task_id, operator.retries, declared.get("memory"))
         return mapped
+
+    def fan_out(self, over: dict[str, Any] | None = None, *, chunk: int | None = None,
+                 parallelism: int | None = None, max_failures: int | float = 0, **items: Any) -> Any:
+        """Run the function once per item of one argument's (run-time) list, as this one task
+        instance: `square.partial(k=2).fan_out(x=make_items(), chunk=50, max_failures=0.01)`.
+
+        Each item runs with the task's declared resources, `parallelism` at a time (default: the
+        target's), `chunk` items per process (default: a few chunks per worker). Up to
+        `max_failures` failed items (a count, or a fraction of them below 1) are tolerated;
+        their results are None. Downstream tasks receive the results as a lazy sequence. An
+        argument named chunk, parallelism, max_failures or over goes in `over={...}`."""
+        items = {**(over or {}), **items}
+        kwargs = dict(self.kwargs)
+        dag = kwargs.get("dag") or DagContext.get_current()
+        at = where(getattr(dag, "dag_id", None), kwargs.get("task_id") or self.function.__name__)
+        if len(items) != 1:
+            raise InfraSpecError(f"{at}: fan_out takes the one argument to fan out over, e.g. .fan_out(x=items); got {sorted(items) or 'none'}")
+        fixed = dict(kwargs.pop("op_kwargs", None) or {})  # what .partial() fixed
+        [(name, value)] = items.items()
+        if name in fixed:
+            raise InfraSpecError(f"{at}: fan_out over {name!r}, which .partial() already fixed")
+        spec = {"argument": name, "chunk": chunk, "parallelism": parallelism, "max_failures": max_failures}
+        return attr.evolve(self, kwargs={**kwargs, "fan_out": spec})(**fixed, **{name: value})
 
 
 def infra_task(python_callable: Callable | None = None, multiple_outputs: bool | None = None, **kwargs: Any):

@@ -12,15 +12,17 @@ the call pipeline in airflow_infra.pipeline, which does the work.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.definitions.mappedoperator import OperatorPartial
 
-from airflow_infra.errors import InfraSpecError, where
+from airflow_infra.errors import InfraSpecError, InfraTaskFailed, where
 from airflow_infra.links import ImageLink, RecordedLinks
 from airflow_infra.pipeline.escalation import advise_on_oom, check_on_oom
+from airflow_infra.pipeline.fanout import check_fan_out
 from airflow_infra.pipeline.declaration import DECLARED_FIELDS, check_connections, declaration_from, validate_declaration
 from airflow_infra.spec import RESOURCE_FIELDS, Environment, Resources
 from airflow_infra.targets import builtin_links
@@ -28,6 +30,7 @@ from airflow_infra.targets import builtin_links
 
 # _take_over's answer when the earlier try's call left nothing to use or follow.
 _RUN_AFRESH = object()
+FAN_OUT_PROGRESS_SECONDS = 10  # how often a fan-out's task log says how far along it is
 
 
 def _release(runner: Any, call: Any, handle: Any) -> None:
@@ -91,6 +94,10 @@ class InfraOperator(BaseOperator):
     :param on_oom: None or "double": after an out-of-memory kill, Airflow's next try asks for
         double the memory the killed try ran with, up to infra.yaml's oom.max_memory (else 4x
         the declared memory), and is routed again. Needs `memory` and retries >= 1. Not templated.
+    :param fan_out: run the function once per item of one argument's run-time list, as this
+        one task (pipeline.fanout): {"argument": name, "chunk": items per chunk,
+        "parallelism": chunks at once, "max_failures": a count or a fraction}. The
+        decorator's `.fan_out(x=items, ...)` sets it. Not templated.
     :param templates_dict, templates_exts, show_return_value_in_logs: as for @task.
     """
 
@@ -106,6 +113,7 @@ class InfraOperator(BaseOperator):
     cpu = memory = gpu = gpu_type = disk = shm = timeout = None
     connections: list[str] | None = None
     on_oom: str | None = None
+    fan_out: dict[str, Any] | None = None
     _execution = None  # the running call's Execution, while execute() or execute_complete() drives it
 
     def __init__(
@@ -132,6 +140,7 @@ class InfraOperator(BaseOperator):
         connections: Collection[str] | None = None,
         cache: bool | str = False,
         on_oom: str | None = None,
+        fan_out: dict[str, Any] | None = None,
         templates_dict: dict[str, Any] | None = None,
         templates_exts: Sequence[str] | None = None,
         show_return_value_in_logs: bool = True,
@@ -165,6 +174,7 @@ class InfraOperator(BaseOperator):
             connections=check_connections(connections, self.dag_id, self.task_id),
             cache=cache,
             on_oom=on_oom,
+            fan_out=check_fan_out(fan_out, python_callable, declared, cache, on_oom, self.dag_id, self.task_id),
             templates_dict=templates_dict,
             show_return_value_in_logs=show_return_value_in_logs,
         )
@@ -253,12 +263,22 @@ class InfraOperator(BaseOperator):
                 self.python_callable, self.op_args, self.op_kwargs, context, where(self.dag_id, self.task_id),
                 self.templates_dict,
             )
+        store = store_for(config)
+        folder = store.task_dir(self.dag_id, context["run_id"], self.task_id, ti.map_index, ti.try_number)
+        fanned = None
+        if self.fan_out is not None:
+            fanned, plan, args, kwargs = self._prepare_fan_out(config, plan, store, folder, args, kwargs)
+            if fanned["run"] is None:  # every item has a good result from an earlier try
+                return self._conclude_fan_out(store, folder, fanned)
         packaged = package_call(
-            plan, self.python_callable, args, kwargs, store=store_for(config), config=config, run_id=context["run_id"],
+            plan, self.python_callable, args, kwargs, store=store, config=config, run_id=context["run_id"],
             map_index=ti.map_index, try_number=ti.try_number, multiple_outputs=bool(self.multiple_outputs),
-            dag_file=self._dag_file, log=self.log, context=context, connections=connections,
+            dag_file=self._dag_file, log=self.log, context=context, connections=connections, folder=folder,
+            fan_out=fanned and fanned["run"],
         )
         call, meta = packaged.call, packaged.meta
+        if fanned:
+            meta["fan_out"] = {k: v for k, v in fanned.items() if k != "run"}
         if sized:  # call.json says what each automatic request came to, and from which runs
             meta["autosized"] = {name: item.to_json() for name, item in sized.items()}
         if policy is not None:  # call.json says which request ran and where it came from
@@ -330,6 +350,55 @@ class InfraOperator(BaseOperator):
             _release(runner, call, handle)
         durable.forget(context)
         return _RUN_AFRESH
+
+    def _prepare_fan_out(self, config: Any, plan: Any, store: Any, folder: Any, args: list, kwargs: dict) -> tuple[dict, Any, list, dict]:
+        """Write the chunks of items still without a good result into the call's folder;
+        what the call runs (None when nothing is left to run), its plan with the whole
+        pool's resources, and the arguments without the items."""
+        import dataclasses
+
+        from airflow_infra.pipeline import fanout
+
+        spec = fanout.FanOut.from_json(self.fan_out, self.dag_id, self.task_id)
+        value, args, kwargs = fanout.take_argument(self.python_callable, args, kwargs, spec.argument)
+        items = fanout.items_of(value, spec, self.dag_id, self.task_id)
+        runner = plan.kind.load_runner()
+        if not runner.fans_out:
+            raise InfraTaskFailed(
+                f"{where(self.dag_id, self.task_id)}: fan_out runs on local and docker targets in this version; target "
+                f"{plan.route.target!r} is a {plan.kind.name} target (route the task elsewhere, or use .expand())"
+            )
+        digest = fanout.fingerprint(items, (args, kwargs))
+        done = fanout.earlier_results(store, folder, digest, self.log)
+        pending = [i for i in range(len(items)) if i not in done.indexes]
+        parallelism = spec.parallelism or getattr(plan.target, "parallelism", None) or len(os.sched_getaffinity(0))
+        size = fanout.chunking(len(pending), spec, parallelism, None)
+        uris, sizes, members = fanout.write_chunks(store, folder, items, pending, size)
+        self.log.info(
+            "fan-out over %d items of %r: %d to run in %d chunks of up to %d, %d at a time; %d with a result from an earlier try",
+            len(items), spec.argument, len(pending), len(uris), size, parallelism, len(done.indexes),
+        )
+        fanned = {
+            "spec": spec.to_json(), "length": len(items), "digest": digest, "reused": done.chunks, "reused_items": len(done.indexes),
+            "chunks": [fanout.segments(m) for m in members],
+            "run": {"argument": spec.argument, "chunks": uris, "sizes": sizes, "parallelism": parallelism,
+                    "progress_seconds": FAN_OUT_PROGRESS_SECONDS} if uris else None,
+        }
+        # The call is the whole pool: `parallelism` items at once, each with the declared resources.
+        resources = plan.resources
+        pool = {name: getattr(resources, name) * min(parallelism, len(uris) or 1)
+                for name in ("cpu", "memory") if getattr(resources, name) is not None}
+        return fanned, dataclasses.replace(plan, resources=resources.model_copy(update=pool)), args, kwargs
+
+    def _conclude_fan_out(self, store: Any, folder: Any, fanned: dict[str, Any]) -> Any:
+        from airflow_infra.pipeline import fanout
+
+        value = fanout.conclude(
+            store, folder, fanout.FanOut.from_json(fanned["spec"], self.dag_id, self.task_id), fanned["length"],
+            fanned["chunks"], fanned["reused"], fanned["reused_items"], fanned["digest"], self.dag_id, self.task_id, self.log,
+        )
+        self.log.info("Done. Returned the results of %d items (a lazy sequence downstream)", fanned["length"])
+        return value
 
     def _autosized(self, config: Any, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """The declaration with `memory="auto"` / `cpu="auto"` sized from the task's history
@@ -430,6 +499,8 @@ class InfraOperator(BaseOperator):
         execution, self._execution = self._execution, None
         store, folder = execution.call.store, execution.outcome_folder
         outcome = read_outcome(store, folder, where(self.dag_id, self.task_id))
+        if meta.get("fan_out") and outcome.get("ok"):  # the pool ran: the chunks' reports say how each item did
+            return self._conclude_fan_out(store, folder, meta["fan_out"])
         result = self._decode(store, folder, outcome, meta)
         if meta.get("autosized"):
             from airflow_infra.pipeline import autosize

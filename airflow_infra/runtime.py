@@ -26,7 +26,7 @@ import pickle
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,6 +38,10 @@ OUTCOME_FILE = "outcome.json"
 PLAIN_TYPES = (str, int, float, bool, type(None))
 EXIT_USER_ERROR = 3
 HASH_MAX_BYTES = 64 << 20
+FAN_OUT_KEY = "fan_out"  # in an artifact reference: it names a fan-out's manifest (FanOutResults)
+# Set by AWS Batch in an array job's child, and by Kubernetes in an Indexed Job's pod: which
+# chunk of a fan-out this process runs. Without them, the runtime runs every chunk itself.
+CHUNK_INDEX_VARIABLES = ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX")
 CONTROL = "AIRFLOW_INFRA_CONTROL_FD"  # names, in serve mode, the fd of the control socket to the worker
 # In serve mode, what a call that outlives its worker leaves in its folder (its cwd) for the
 # task's next try (airflow_infra/targets/local/runner.py): its exit, and its output since.
@@ -163,7 +167,13 @@ def map_refs(value: Any, replace: Any) -> Any:
 
 
 def resolve_refs(value: Any, local: dict[str, str]) -> Any:
-    return map_refs(value, lambda ref: _load_ref(ref[REF_KEY], local))
+    def load(ref: dict[str, Any]) -> Any:
+        if ref.get(FAN_OUT_KEY):  # a fan-out's results: a sequence that reads them as they are asked for
+            with open_read(local.get(ref[REF_KEY]) or ref[REF_KEY]) as fh:
+                return FanOutResults(json.load(fh), lambda uri: _load_ref(uri, local))
+        return _load_ref(ref[REF_KEY], local)
+
+    return map_refs(value, load)
 
 
 def _peak_rss_kib() -> int:
@@ -339,25 +349,218 @@ def main(argv: list[str], connections: dict[str, Any] | None = None) -> int:
         outcome["error"] = {"stage": "load", "type": type(exc).__name__, "message": _message(exc), "traceback": _user_traceback(exc)}
     else:
         _send_log_records_to_stderr(int(call.get("log_level", 20)))
-        try:
-            result = call["fn"](*args, **kwargs)
-            if hasattr(result, "__await__") and hasattr(result, "send"):  # an `async def`: run it, as @task does
-                import asyncio
-
-                result = asyncio.run(result)
-            outcome["outputs"] = _write_outputs(result, call, out_dir)
-            outcome["ok"] = True
-        except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the task too
-            _register_sources(call.get("sources", {}))
-            text = _user_traceback(exc)
-            sys.stderr.write(text)
-            outcome["error"] = {"stage": "run", "type": type(exc).__name__, "message": _message(exc), "traceback": text}
+        if call.get("fan_out"):
+            chunk = next((os.environ[v] for v in CHUNK_INDEX_VARIABLES if os.environ.get(v)), None)
+            if chunk is not None:  # one child of an array job or Indexed Job: its chunk's report is its outcome
+                run_chunk(call, args, kwargs, local_refs, out_dir, int(chunk))
+                return 0
+            outcome["fan_out"] = drive_fan_out(call, args, kwargs, local_refs, out_dir)
+            outcome["ok"] = True  # the driver ran: which items succeeded is the chunks' reports' to say
+        else:
+            try:
+                result = _invoke(call["fn"], args, kwargs)
+                outcome["outputs"] = _write_outputs(result, call, out_dir)
+                outcome["ok"] = True
+            except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt fail the task too
+                _register_sources(call.get("sources", {}))
+                text = _user_traceback(exc)
+                sys.stderr.write(text)
+                outcome["error"] = {"stage": "run", "type": type(exc).__name__, "message": _message(exc), "traceback": text}
     sys.stdout.flush()
     sys.stderr.flush()
     outcome["metrics"] = _measure(started)
     with open_write(join(out_dir, OUTCOME_FILE)) as fh:
         fh.write(json.dumps(outcome, indent=1).encode())
     return 0 if outcome["ok"] else EXIT_USER_ERROR
+
+
+def _invoke(fn: Any, args: list, kwargs: dict) -> Any:
+    result = fn(*args, **kwargs)
+    if hasattr(result, "__await__") and hasattr(result, "send"):  # an `async def`: run it, as @task does
+        import asyncio
+
+        result = asyncio.run(result)
+    return result
+
+
+# -- fan-out: one function over many items, in chunks (airflow_infra/pipeline/fanout.py) -------
+#
+# call["fan_out"] = {"argument": name, "chunks": [URI of chunk c's [(index, item), ...]],
+# "sizes": [items per chunk], "parallelism": n, "progress_seconds": s}. Chunk c writes
+# chunk-{c}.pkl (its results, None where an item failed) and then chunk-{c}.json (per item:
+# ok, error, measurements): a report is there only once its results are.
+
+
+def chunk_files(out_dir: str, chunk: int) -> tuple[str, str]:
+    return join(out_dir, f"chunk-{chunk}.pkl"), join(out_dir, f"chunk-{chunk}.json")
+
+
+def run_chunk(call: dict[str, Any], args: list, kwargs: dict, local_refs: dict[str, str], out_dir: str, chunk: int) -> None:
+    import cloudpickle
+
+    spec = call["fan_out"]
+    items = _load_ref(spec["chunks"][chunk], local_refs)
+    results, report = [], []
+    for index, item in items:
+        started, cpu = time.monotonic(), time.process_time()
+        entry: dict[str, Any] = {"index": index, "ok": False}
+        try:
+            results.append(_invoke(call["fn"], args, {**kwargs, spec["argument"]: item}))
+            entry["ok"] = True
+        except BaseException as exc:  # noqa: BLE001 - the item fails; the chunk goes on
+            _register_sources(call.get("sources", {}))
+            results.append(None)
+            entry["error"] = {"type": type(exc).__name__, "message": _message(exc), "traceback": _user_traceback(exc)}
+        # Peak memory: the chunk's process so far (items share it; its first item's is its own).
+        entry.update(wall_seconds=round(time.monotonic() - started, 6), cpu_seconds=round(time.process_time() - cpu, 6),
+                     peak_memory_bytes=_peak_rss_kib() * 1024)
+        report.append(entry)
+    results_file, report_file = chunk_files(out_dir, chunk)
+    try:
+        with open_write(results_file) as fh:
+            cloudpickle.dump(results, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - a result that cannot be pickled fails its chunk's items
+        with open_write(results_file) as fh:
+            pickle.dump([None] * len(results), fh)
+        for entry in report:
+            if entry["ok"]:
+                entry.update(ok=False, error={"type": type(exc).__name__, "message": f"the results cannot be pickled: {exc}",
+                                              "traceback": ""})
+    with open_write(report_file) as fh:
+        fh.write(json.dumps({"chunk": chunk, "items": report}).encode())
+
+
+def drive_fan_out(call: dict[str, Any], args: list, kwargs: dict, local_refs: dict[str, str], out_dir: str) -> dict[str, int]:
+    """Run every chunk, `parallelism` at a time, each in a child forked from this process
+    (the call's modules are loaded once), and say how far along it is every few seconds:
+    one line, not one per item. A child that dies (a signal, the OOM killer) fails its
+    chunk's items, saying how."""
+    import traceback
+
+    spec = call["fan_out"]
+    sizes, pending = spec["sizes"], list(range(len(spec["chunks"])))
+    total, every = sum(sizes), float(spec.get("progress_seconds") or 10)
+    running: dict[int, int] = {}
+    counts = {"items": total, "done": 0, "failed": 0}
+    said = time.monotonic()
+
+    def say() -> None:
+        running_items = sum(sizes[c] for c in running.values())
+        print(f"fan-out: {counts['done']}/{total} items done, {counts['failed']} failed, {running_items} running", flush=True)
+
+    while pending or running:
+        while pending and len(running) < max(1, int(spec["parallelism"])):
+            chunk = pending.pop(0)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                code = 70
+                try:
+                    run_chunk(call, args, kwargs, local_refs, out_dir, chunk)
+                    code = 0
+                except BaseException:  # noqa: BLE001 - said on the call's output; the driver fails the chunk
+                    traceback.print_exc()
+                finally:
+                    try:
+                        sys.stdout.flush()
+                        sys.stderr.flush()
+                    finally:
+                        os._exit(code)
+            running[pid] = chunk
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid == 0:
+            time.sleep(0.005)
+        else:
+            chunk = running.pop(pid)
+            report = _chunk_report(out_dir, chunk)
+            if report is None:
+                report = _chunk_died(call, local_refs, out_dir, chunk, status)
+            ok = sum(1 for entry in report if entry["ok"])
+            counts["done"] += ok
+            counts["failed"] += len(report) - ok
+        if time.monotonic() - said >= every:
+            say()
+            said = time.monotonic()
+    say()
+    return counts
+
+
+def _chunk_report(out_dir: str, chunk: int) -> list[dict[str, Any]] | None:
+    try:
+        with open_read(chunk_files(out_dir, chunk)[1]) as fh:
+            return json.load(fh)["items"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _chunk_died(call: dict[str, Any], local_refs: dict[str, str], out_dir: str, chunk: int, status: int) -> list[dict[str, Any]]:
+    how = f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit code {os.waitstatus_to_exitcode(status)}"
+    error = {"type": "ChunkDied", "message": f"the process running this item's chunk ({chunk}) died ({how})", "traceback": ""}
+    report = [{"index": index, "ok": False, "error": error} for index, _ in _load_ref(call["fan_out"]["chunks"][chunk], local_refs)]
+    results_file, report_file = chunk_files(out_dir, chunk)
+    with open_write(results_file) as fh:
+        pickle.dump([None] * len(report), fh)
+    with open_write(report_file) as fh:
+        fh.write(json.dumps({"chunk": chunk, "items": report}).encode())
+    return report
+
+
+class FanOutResults:
+    """A fan-out's results by item index, as a read-only sequence: what a downstream task
+    gets. Each chunk's results are read when one of its items is first asked for, and only
+    the last chunk read is kept, so 100,000 results are never all in memory unless the task
+    makes a list of them. A failed item (within the fan-out's tolerance) is None; `failed`
+    lists their indexes.
+
+    manifest: {"length": n, "chunks": [{"results": URI, "segments": [[first index, last
+    index, position of the first in the chunk's results], ...]}], "failed": [index, ...]},
+    written by airflow_infra/pipeline/fanout.py."""
+
+    def __init__(self, manifest: dict[str, Any], read: Any):
+        import bisect
+
+        self._read, self._length = read, int(manifest["length"])
+        self.failed = list(manifest.get("failed") or ())
+        # (first index, last index, chunk number, position of `first` in the chunk), by first index
+        self._segments = sorted((first, last, number, position) for number, chunk in enumerate(manifest["chunks"])
+                                for first, last, position in chunk["segments"])
+        self._starts = [segment[0] for segment in self._segments]
+        self._bisect = bisect.bisect_right
+        self._uris = [chunk["results"] for chunk in manifest["chunks"]]
+        self._cached: tuple[int, list] | None = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        if not isinstance(index, int):
+            raise TypeError(f"fan-out results are indexed by int, not {type(index).__name__}")
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError(f"fan-out result index {index} out of range ({self._length} items)")
+        at = self._bisect(self._starts, index) - 1
+        first, last, number, position = self._segments[at]
+        if not first <= index <= last:  # no chunk holds it: the manifest lists every index, so never
+            raise IndexError(f"fan-out result {index} is in no chunk")
+        if self._cached is None or self._cached[0] != number:
+            self._cached = (number, self._read(self._uris[number]))
+        return self._cached[1][position + index - first]
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[i] for i in range(self._length))
+
+    def __repr__(self) -> str:
+        return f"FanOutResults({self._length} items, {len(self.failed)} failed)"
+
+    def __reduce__(self) -> Any:
+        return (list, (list(self),))  # passed on by value (pickled into a downstream call, say)
+
+
+Sequence.register(FanOutResults)
 
 
 def _send(sock: Any, message: dict[str, Any]) -> None:

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from logging import Logger
 from typing import TYPE_CHECKING, Any
 
-from airflow_infra.artifacts import CALL_FILE, CALL_META_FILE, ArtifactStore, find_refs
+from airflow_infra.artifacts import CALL_FILE, CALL_META_FILE, REF_KEY, ArtifactStore, find_refs
 from airflow_infra.errors import InfraStoreError, where
 from airflow_infra.pipeline import durable
 from airflow_infra.pipeline.plan import CallPlan
+from airflow_infra.runtime import FAN_OUT_KEY
 from airflow_infra.spec import Environment, Resources
 from airflow_infra.targets.contract import Call
 
@@ -71,18 +72,29 @@ def package_call(
     log: Logger,
     context: Any,
     connections: Any = None,
+    folder: Any = None,
+    fan_out: dict[str, Any] | None = None,
 ) -> Packaged:
+    """`folder`: where the call goes (default: a fresh one for this try). `fan_out`: the
+    call runs over chunks of items already written there (pipeline.fanout): their files are
+    staged with the call, like the artifacts its arguments name."""
     from airflow_infra.codeship import code_fingerprint, dumps_call
+    from airflow_infra.pipeline.fanout import chunk_refs
 
-    folder = store.task_dir(plan.dag_id, run_id, plan.task_id, map_index, try_number)
-    refs = find_refs([args, kwargs])
-    for ref in refs:  # references arrive through XCom, which any task can write: each must be in the store
+    if folder is None:
+        folder = store.task_dir(plan.dag_id, run_id, plan.task_id, map_index, try_number)
+    refs = []
+    for ref in find_refs([args, kwargs], whole=True):  # references arrive through XCom, which any task can write: each must be in the store
         try:
-            store.path(ref)
+            store.path(ref[REF_KEY])
+            refs += [ref[REF_KEY], *(chunk_refs(store, ref) if ref.get(FAN_OUT_KEY) else [])]
         except InfraStoreError as exc:
             raise InfraStoreError(f"{where(plan.dag_id, plan.task_id)}: an argument's artifact reference: {exc}") from None
+    if fan_out is not None:
+        refs += fan_out["chunks"]
     blob, modules = dumps_call(
-        fn, args, kwargs, roots=code_roots(dag_file), multiple_outputs=multiple_outputs, xcom_max_bytes=config.xcom_max_bytes
+        fn, args, kwargs, roots=code_roots(dag_file), multiple_outputs=multiple_outputs, xcom_max_bytes=config.xcom_max_bytes,
+        **({"fan_out": fan_out} if fan_out is not None else {}),
     )
     # Not fsynced: only this attempt's call reads it, while it runs (a retry after a crash
     # packages the call again, into a folder of its own); call.json, the record, is.

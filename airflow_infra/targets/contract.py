@@ -146,6 +146,9 @@ class Runner(ABC):
     # through a file in the store, a spec's plain env, arguments or a log). Calls that
     # declare connections are refused on kinds that do not, before anything is built.
     delivers_connections: ClassVar[bool] = False
+    # Whether a fan-out (pipeline/fanout.py) can run here: kinds whose call is one process or
+    # container run its chunks in a pool inside it (runtime.drive_fan_out).
+    fans_out: ClassVar[bool] = False
 
     def __init__(self, name: str, target: TargetConfig, config: InfraConfig):
         self.name, self.target, self.config = name, target, config

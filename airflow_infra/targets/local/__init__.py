@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from airflow_infra.targets.contract import TargetConfig, TargetKind
 
@@ -22,6 +22,9 @@ class LocalTarget(TargetConfig):
     # The cgroup (a path inside the hierarchy, e.g. /airflow-calls) calls' cgroups are made
     # in; default: the worker's own, from /proc/self/cgroup.
     cgroup_parent: str | None = None
+    # Items of a fan-out (pipeline/fanout.py) run at once, each in a process of its own;
+    # default: the cores this worker may use. A task's `.fan_out(parallelism=)` overrides it.
+    parallelism: int | None = Field(default=None, ge=1, le=1024)
 
     @field_validator("cgroup_root", "cgroup_parent")
     @classmethod

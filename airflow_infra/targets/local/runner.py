@@ -62,6 +62,7 @@ class EarlierCall:
 class LocalRunner(Runner):
     kind = "local"
     delivers_connections = True  # in the request the warm server forks the call from (server.py)
+    fans_out = True
 
     _python: Path
     _staged: StagedCall | None = None

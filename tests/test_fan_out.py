@@ -1,0 +1,77 @@
+"""Fan-out (airflow_infra/pipeline/fanout.py) under `airflow dags test`: one task instance
+runs a function over a run-time list in chunks, in a pool of processes forked from the warm
+runtime (local) or inside one container (docker), and a downstream task gets the results
+as a lazy sequence."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from airflow_infra.client import Client
+from tests.conftest import HOME
+
+pytestmark = pytest.mark.integration
+
+
+def _store() -> str:
+    return f"file://{HOME / 'infra' / 'artifacts'}"
+
+
+def _total(run) -> dict:
+    return Client(_store()).run("infra_fan_out", run.run_id)["total"].result
+
+
+def test_a_fan_out_runs_every_item_in_one_task_instance_and_hands_on_a_lazy_sequence(dags):
+    run = dags.test("infra_fan_out", conf={"n": 100, "fail": []})
+    assert run.succeeded, run.output[-5000:]
+    total = _total(run)
+    assert total == {"n": 100, "sum": 2 * sum(x * x for x in range(100)), "type": "FanOutResults", "failed": [],
+                     "last": 2 * 99 * 99, "slice": [2, 8, 18]}
+    assert "fan-out over 100 items of 'x': 100 to run in 15 chunks of up to 7" in run.output
+    assert "fan-out: 100/100 items done, 0 failed, 0 running" in run.output
+    # One task instance for the hundred items: no mapped instances.
+    assert "map_index=0" not in run.output
+
+
+def test_failed_items_within_the_tolerance_are_none_and_a_clear_runs_only_them(dags):
+    run = dags.test("infra_fan_out", conf={"n": 30, "fail": [3, 11]})
+    assert run.succeeded, run.output[-5000:]
+    total = _total(run)
+    assert total["failed"] == [3, 11] and total["sum"] == 2 * sum(x * x for x in range(30) if x not in (3, 11))
+    assert "fan-out over 30 items: 30 ran in this try, 0 had a result from an earlier one, 2 failed" in run.output
+
+
+def test_more_failures_than_tolerated_fail_the_task_naming_the_first_errors(dags):
+    run = dags.test("infra_fan_out", conf={"n": 30, "fail": [1, 2, 20]})
+    assert not run.succeeded
+    assert "task 'square': 3 of 30 items failed (max_failures=2 tolerates 2); the first errors:" in run.output
+    assert "item 1: ValueError: item 1 is bad" in run.output and "item 20: ValueError: item 20 is bad" in run.output
+
+
+def _airflow(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "airflow", *args], capture_output=True, text=True, timeout=600, env=os.environ)
+
+
+def test_clearing_a_failed_fan_out_runs_only_the_items_without_a_good_result(dags, tmp_path):
+    (tmp_path / "fail.json").write_text("[3, 11, 12]")
+    first = dags.test("infra_fan_out", conf={"n": 30, "fail": [], "work": str(tmp_path)})
+    assert not first.succeeded and "3 of 30 items failed" in first.output
+    assert sorted(map(int, (tmp_path / "ran.log").read_text().split())) == list(range(30))
+
+    (tmp_path / "fail.json").unlink()  # the fix
+    (tmp_path / "ran.log").unlink()
+    cleared = _airflow("tasks", "clear", "infra_fan_out", "-t", "^square$", "--downstream", "--yes")
+    assert cleared.returncode == 0, cleared.stderr[-2000:]
+    for task_id in ("square", "total"):
+        done = _airflow("tasks", "test", "infra_fan_out", task_id, first.run_id)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        if task_id == "square":
+            assert "fan-out over 30 items: 3 ran in this try, 27 had a result from an earlier one, 0 failed" in done.stdout + done.stderr
+    assert sorted(map(int, (tmp_path / "ran.log").read_text().split())) == [3, 11, 12]  # only those ran again
+    total = _total(first)
+    assert total["failed"] == [] and total["sum"] == 2 * sum(x * x for x in range(30)) and total["n"] == 30

@@ -12,6 +12,7 @@ from airflow.sdk.definitions._internal.contextmanager import DagContext
 from airflow_infra.errors import InfraSpecError, where
 from airflow_infra.operator import InfraOperator
 from airflow_infra.pipeline.escalation import check_on_oom
+from airflow_infra.pipeline.fanout import FanOut
 from airflow_infra.pipeline.declaration import check_connections, declaration_from, validate_declaration
 
 
@@ -63,7 +64,8 @@ class _InfraTaskDecorator(_TaskDecorator):
         items = {**(over or {}), **items}
         kwargs = dict(self.kwargs)
         dag = kwargs.get("dag") or DagContext.get_current()
-        at = where(getattr(dag, "dag_id", None), kwargs.get("task_id") or self.function.__name__)
+        dag_id, task_id = getattr(dag, "dag_id", None), kwargs.get("task_id") or self.function.__name__
+        at = where(dag_id, task_id)
         if len(items) != 1:
             raise InfraSpecError(f"{at}: fan_out takes the one argument to fan out over, e.g. .fan_out(x=items); got {sorted(items) or 'none'}")
         fixed = dict(kwargs.pop("op_kwargs", None) or {})  # what .partial() fixed
@@ -71,6 +73,8 @@ class _InfraTaskDecorator(_TaskDecorator):
         if name in fixed:
             raise InfraSpecError(f"{at}: fan_out over {name!r}, which .partial() already fixed")
         spec = {"argument": name, "chunk": chunk, "parallelism": parallelism, "max_failures": max_failures}
+        # Before the operator binds the arguments to the function: its error would not say which task.
+        FanOut.from_json(spec, dag_id, task_id).check(dag_id, task_id, self.function)
         return attr.evolve(self, kwargs={**kwargs, "fan_out": spec})(**fixed, **{name: value})
 
 

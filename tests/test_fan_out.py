@@ -5,7 +5,6 @@ as a lazy sequence."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_infra.artifacts import REF_KEY, attempt_order
-from airflow_infra.errors import InfraSpecError, InfraTaskFailed, where
+from airflow_infra.errors import InfraSpecError, InfraStoreError, InfraTaskFailed, where
 from airflow_infra.runtime import FAN_OUT_KEY
 
 MANIFEST = "fan_out.json"
@@ -83,7 +83,7 @@ class FanOut:
             takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
             if self.argument not in parameters and not takes_any:
                 raise InfraSpecError(f"{at}: fan_out over {self.argument!r}, which is not a parameter of "
-                                     f"{getattr(function, '__name__', 'the function')}{inspect.signature(function)}")
+                                     f"{getattr(function, '__name__', 'the function')} ({', '.join(parameters) or 'it takes none'})")
 
     def tolerated(self, items: int) -> int:
         """How many failed items the task survives."""
@@ -184,7 +184,7 @@ def earlier_results(store: Any, folder: Any, digest: str, log: Any) -> Done:
                 if kept:
                     done.chunks.append({"results": chunk["results"], "segments": kept})
                     done.indexes.update(i for first, last, _ in kept for i in range(first, last + 1))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, InfraStoreError) as exc:
             log.warning("ignoring %s: not a fan-out manifest this task wrote (%s)", previous / MANIFEST, exc)
             return Done()
         return done

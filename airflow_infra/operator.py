@@ -363,16 +363,19 @@ class InfraOperator(BaseOperator):
         value, args, kwargs = fanout.take_argument(self.python_callable, args, kwargs, spec.argument)
         items = fanout.items_of(value, spec, self.dag_id, self.task_id)
         runner = plan.kind.load_runner()
-        if not runner.fans_out:
+        if runner.fan_out is None:
             raise InfraTaskFailed(
-                f"{where(self.dag_id, self.task_id)}: fan_out runs on local and docker targets in this version; target "
-                f"{plan.route.target!r} is a {plan.kind.name} target (route the task elsewhere, or use .expand())"
+                f"{where(self.dag_id, self.task_id)}: fan_out does not run on {plan.kind.name} targets (target "
+                f"{plan.route.target!r}); route the task to a local, docker, batch or kubernetes target, or use .expand()"
             )
         digest = fanout.fingerprint(items, (args, kwargs))
         done = fanout.earlier_results(store, folder, digest, self.log)
         pending = [i for i in range(len(items)) if i not in done.indexes]
         parallelism = spec.parallelism or getattr(plan.target, "parallelism", None) or len(os.sched_getaffinity(0))
-        size = fanout.chunking(len(pending), spec, parallelism, None)
+        if runner.fan_out == "array":  # a child per item, unless told otherwise or past the platform's limit
+            size = fanout.chunking(len(pending), fanout.FanOut(spec.argument, chunk=spec.chunk or 1), parallelism, runner.max_chunks)
+        else:
+            size = fanout.chunking(len(pending), spec, parallelism, runner.max_chunks)
         uris, sizes, members = fanout.write_chunks(store, folder, items, pending, size)
         self.log.info(
             "fan-out over %d items of %r: %d to run in %d chunks of up to %d, %d at a time; %d with a result from an earlier try",
@@ -384,6 +387,8 @@ class InfraOperator(BaseOperator):
             "run": {"argument": spec.argument, "chunks": uris, "sizes": sizes, "parallelism": parallelism,
                     "progress_seconds": FAN_OUT_PROGRESS_SECONDS} if uris else None,
         }
+        if runner.fan_out == "array":  # each child is sized as one item
+            return fanned, plan, args, kwargs
         # The call is the whole pool: `parallelism` items at once, each with the declared resources.
         resources = plan.resources
         pool = {name: getattr(resources, name) * min(parallelism, len(uris) or 1)

@@ -41,7 +41,8 @@ HASH_MAX_BYTES = 64 << 20
 FAN_OUT_KEY = "fan_out"  # in an artifact reference: it names a fan-out's manifest (FanOutResults)
 # Set by AWS Batch in an array job's child, and by Kubernetes in an Indexed Job's pod: which
 # chunk of a fan-out this process runs. Without them, the runtime runs every chunk itself.
-CHUNK_INDEX_VARIABLES = ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX")
+ONE_CHUNK = "AIRFLOW_INFRA_CHUNK"  # a fan-out of one chunk, run as a plain job (Batch has no array of one)
+CHUNK_INDEX_VARIABLES = ("AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX", ONE_CHUNK)
 CONTROL = "AIRFLOW_INFRA_CONTROL_FD"  # names, in serve mode, the fd of the control socket to the worker
 # In serve mode, what a call that outlives its worker leaves in its folder (its cwd) for the
 # task's next try (airflow_infra/targets/local/runner.py): its exit, and its output since.
@@ -350,9 +351,9 @@ def main(argv: list[str], connections: dict[str, Any] | None = None) -> int:
     else:
         _send_log_records_to_stderr(int(call.get("log_level", 20)))
         if call.get("fan_out"):
-            chunk = next((os.environ[v] for v in CHUNK_INDEX_VARIABLES if os.environ.get(v)), None)
-            if chunk is not None:  # one child of an array job or Indexed Job: its chunk's report is its outcome
-                run_chunk(call, args, kwargs, local_refs, out_dir, int(chunk))
+            told = next((v for v in CHUNK_INDEX_VARIABLES if os.environ.get(v)), None)
+            if told is not None:  # one child of an array job or Indexed Job: its chunk's report is its outcome
+                run_chunk(call, args, kwargs, local_refs, out_dir, int(os.environ[told]), told)
                 return 0
             outcome["fan_out"] = drive_fan_out(call, args, kwargs, local_refs, out_dir)
             outcome["ok"] = True  # the driver ran: which items succeeded is the chunks' reports' to say
@@ -395,7 +396,10 @@ def chunk_files(out_dir: str, chunk: int) -> tuple[str, str]:
     return join(out_dir, f"chunk-{chunk}.pkl"), join(out_dir, f"chunk-{chunk}.json")
 
 
-def run_chunk(call: dict[str, Any], args: list, kwargs: dict, local_refs: dict[str, str], out_dir: str, chunk: int) -> None:
+def run_chunk(call: dict[str, Any], args: list, kwargs: dict, local_refs: dict[str, str], out_dir: str, chunk: int,
+              told: str | None = None) -> None:
+    """Run one chunk's items. `told`: the variable the platform named the chunk in (None: a
+    pool's child), kept in the report, so that what ran where can be checked."""
     import cloudpickle
 
     spec = call["fan_out"]
@@ -427,7 +431,7 @@ def run_chunk(call: dict[str, Any], args: list, kwargs: dict, local_refs: dict[s
                 entry.update(ok=False, error={"type": type(exc).__name__, "message": f"the results cannot be pickled: {exc}",
                                               "traceback": ""})
     with open_write(report_file) as fh:
-        fh.write(json.dumps({"chunk": chunk, "items": report}).encode())
+        fh.write(json.dumps({"chunk": chunk, "told": told, "items": report}).encode())
 
 
 def drive_fan_out(call: dict[str, Any], args: list, kwargs: dict, local_refs: dict[str, str], out_dir: str) -> dict[str, int]:

@@ -35,6 +35,15 @@ reach the stream about every second while it runs, as the awslogs driver sends t
 moto then puts the whole log at the end, the lines already sent are not sent again.
 Timestamps are the container's, in milliseconds, as moto's own.
 
+And array jobs as Batch runs them, where moto (5.2) differs:
+  - each child's container gets AWS_BATCH_JOB_ARRAY_INDEX (moto sets only AWS_BATCH_JOB_ID,
+    `<parent>:<index>`);
+  - the parent's status follows its children: PENDING, RUNNING once one runs, and once all
+    have ended SUCCEEDED, or FAILED if any failed (moto's parent turns SUCCEEDED when all
+    succeed and otherwise never ends);
+  - TerminateJob on the parent terminates its children (moto stops only the parent).
+moto still starts every child at once, whatever the compute environment's size.
+
 And IAM session policies on S3 (dev/moto_session_policies.py): credentials of an assumed
 role with a session policy can do on S3 only what that policy allows, as per-call store
 credentials need. Everything else stays unchecked, as in moto.
@@ -145,7 +154,10 @@ class _Containers:
             raise
         memory = memory_mib(self._job)
         limits = {"mem_limit": f"{memory}m", "memswap_limit": f"{memory}m"} if memory else {}
-        container = self._containers.run(**{**kwargs, **limits, "environment": {**kwargs.get("environment", {}), **secrets}})
+        index = (self._job.array_properties or {}).get("index")
+        array = {"AWS_BATCH_JOB_ARRAY_INDEX": str(index)} if index is not None else {}
+        container = self._containers.run(
+            **{**kwargs, **limits, "environment": {**kwargs.get("environment", {}), **secrets, **array}})
         threading.Thread(target=_send_logs_while_running, args=(container, self._job), daemon=True).start()
         return _Watched(container, self._job)
 
@@ -232,6 +244,41 @@ def _run_as_the_agent(self: batch.Job) -> None:
 
 
 batch.Job.run = _run_as_the_agent
+
+_moto_describe = batch.Job.describe
+_ENDED = ("SUCCEEDED", "FAILED")
+
+
+def _describe_array_parent(self: batch.Job) -> dict[str, Any]:
+    result = _moto_describe(self)
+    children = self._child_jobs
+    if children:
+        statuses = [child.status for child in children]
+        if all(status in _ENDED for status in statuses):
+            self.status = "FAILED" if "FAILED" in statuses else "SUCCEEDED"
+            if self.status == "FAILED" and self.job_stopped_reason is None:
+                self.job_stopped_reason = f"{statuses.count('FAILED')} of {len(statuses)} child jobs failed"
+        else:
+            self.status = "RUNNING" if any(s in ("STARTING", "RUNNING", *_ENDED) for s in statuses) else "PENDING"
+        result["status"] = self.status
+        if self.job_stopped_reason is not None:
+            result["statusReason"] = self.job_stopped_reason
+    return result
+
+
+batch.Job.describe = _describe_array_parent
+
+_moto_terminate = batch.BatchBackend.terminate_job
+
+
+def _terminate_with_children(self: batch.BatchBackend, job_id: str, reason: str) -> None:
+    _moto_terminate(self, job_id, reason)
+    job = self.get_job_by_id(job_id)
+    for child in (job._child_jobs or []) if job is not None else []:
+        child.terminate(reason)
+
+
+batch.BatchBackend.terminate_job = _terminate_with_children
 
 
 if __name__ == "__main__":

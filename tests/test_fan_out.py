@@ -5,6 +5,7 @@ as a lazy sequence."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -74,3 +75,35 @@ def test_clearing_a_failed_fan_out_runs_only_the_items_without_a_good_result(dag
     assert sorted(map(int, (tmp_path / "ran.log").read_text().split())) == [3, 11, 12]  # only those ran again
     total = _total(first)
     assert total["failed"] == [] and total["sum"] == 2 * sum(x * x for x in range(30)) and total["n"] == 30
+
+
+ON_BATCH = 'rules:\n  - {when: "memory >= 256Mi", target: gpu}\n  - {target: local}\n'  # square on Batch, the rest local
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["blocking", "deferred"])
+def test_on_batch_a_fan_out_is_one_array_job_whose_children_find_their_index(dags, docker_yaml, moto_s3, batch_queue, deferrable):
+    import boto3
+
+    from tests.conftest import MOTO
+    from tests.test_batch import write_batch_yaml
+
+    write_batch_yaml(docker_yaml, moto_s3, batch_queue, deferrable=deferrable, rules=ON_BATCH)
+    batch = boto3.client("batch", region_name="us-east-1", endpoint_url=MOTO, aws_access_key_id="testing", aws_secret_access_key="testing")
+    before = {j["jobId"] for s in ("SUCCEEDED", "FAILED") for j in batch.list_jobs(jobQueue=batch_queue, jobStatus=s)["jobSummaryList"]}
+    run = dags.test("infra_fan_out", conf={"n": 20, "fail": [5]})
+    assert run.succeeded, run.output[-5000:]
+    total = Client(moto_s3).run("infra_fan_out", run.run_id)["total"].result
+    assert total["failed"] == [5] and total["sum"] == 2 * sum(x * x for x in range(20) if x != 5) and total["n"] == 20
+    assert "fan-out over 20 items of 'x': 20 to run in 3 chunks of up to 7" in run.output
+    # One array job of three children: the only Batch jobs this run submitted.
+    new = [j for s in ("SUCCEEDED", "FAILED") for j in batch.list_jobs(jobQueue=batch_queue, jobStatus=s)["jobSummaryList"]
+           if j["jobId"] not in before]
+    parents = [j for j in new if ":" not in j["jobId"]]
+    assert len(parents) == 1, new
+    described = batch.describe_jobs(jobs=[parents[0]["jobId"]])["jobs"][0]
+    assert described["arrayProperties"]["size"] == 3 and described["status"] == "SUCCEEDED"
+    # Each child ran its own chunk, told which by Batch's variable, not the whole list.
+    square = Client(moto_s3).run("infra_fan_out", run.run_id)["square"][-1]
+    reports = [square.store.read_json(square.path / f"chunk-{c}.json") for c in range(3)]
+    assert [(r["chunk"], r["told"], len(r["items"])) for r in reports] == [
+        (0, "AWS_BATCH_JOB_ARRAY_INDEX", 7), (1, "AWS_BATCH_JOB_ARRAY_INDEX", 7), (2, "AWS_BATCH_JOB_ARRAY_INDEX", 6)]

@@ -124,12 +124,24 @@ class Execution:
             call.store.remove_tree(call.folder)
         if call.store.exists(self.outcome_folder / OUTCOME_FILE):
             return None  # ok, or the function failed and said why: the decoder reports either
+        if call.chunks and _any_chunk_reported(call.store, self.outcome_folder):
+            # A fan-out's children ran (some may have died): each chunk's report says how its
+            # items did, and pipeline.fanout judges them. The children write no outcome of their own.
+            call.store.write_json(self.outcome_folder / OUTCOME_FILE, {"ok": True, "ended": str(error or "") or None})
+            return None
         explanation = self.runner.explain(call, handle, error)
         if isinstance(explanation, OutOfMemory):  # the target reported an out-of-memory kill
             # Recorded before the try fails: the next try reads it to escalate (pipeline.escalation).
             record_oom(call, explanation.limit, explanation.evidence)
             raise InfraOutOfMemory(f"{call.where}: {explanation}", call.resources.memory) from None
         raise InfraTaskFailed(f"{call.where}: {explanation}") from None
+
+
+def _any_chunk_reported(store, folder) -> bool:
+    try:
+        return any(p.name.startswith("chunk-") and p.name.endswith(".json") for p in folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def _left_running(exc: BaseException) -> CallLeftRunning | None:

@@ -137,6 +137,7 @@ def package_call(
         context=context,
         durable=durable.available(context),
         connections=connections,
+        chunks=len(fan_out["chunks"]) if fan_out else 0,
     )
     return Packaged(call, meta, args, kwargs)
 
@@ -170,5 +171,6 @@ def reopen_call(
         refs=tuple(meta.get("refs", ())),
         context=context,
         durable=durable.available(context),
+        chunks=len(meta["fan_out"]["chunks"]) if meta.get("fan_out") else 0,
     )
     return call, meta

@@ -75,6 +75,9 @@ class Call:
     requirements_text: str | None = None
     context: Any = None  # Airflow's task context: for provider operators a kind delegates to
     links: dict[str, str] = field(default_factory=dict)  # extra links recorded so far: {part: url}
+    # A fan-out's number of chunks (pipeline.fanout): a kind that runs one child per chunk
+    # (an array job, an Indexed Job) starts this many; 0: a single call.
+    chunks: int = 0
     # Whether a later try of this task instance can find this call (pipeline.durable): then a
     # kind whose calls would end with their worker (local) lets them run on without it.
     durable: bool = False
@@ -146,9 +149,12 @@ class Runner(ABC):
     # through a file in the store, a spec's plain env, arguments or a log). Calls that
     # declare connections are refused on kinds that do not, before anything is built.
     delivers_connections: ClassVar[bool] = False
-    # Whether a fan-out (pipeline/fanout.py) can run here: kinds whose call is one process or
-    # container run its chunks in a pool inside it (runtime.drive_fan_out).
-    fans_out: ClassVar[bool] = False
+    # How a fan-out (pipeline/fanout.py) runs here: "pool" (the call is one process or
+    # container that runs the chunks in a pool inside it: runtime.drive_fan_out), "array"
+    # (one child per chunk, which the platform tells its index: an array job, an Indexed
+    # Job), or None (not here). `max_chunks`: the most children the platform takes.
+    fan_out: ClassVar[str | None] = None
+    max_chunks: ClassVar[int | None] = None
 
     def __init__(self, name: str, target: TargetConfig, config: InfraConfig):
         self.name, self.target, self.config = name, target, config

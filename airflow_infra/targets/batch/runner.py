@@ -15,10 +15,12 @@ import hashlib
 import re
 from typing import Any
 
+from airflow_infra import runtime
 from airflow_infra.artifacts import CALL_FILE
 from airflow_infra.errors import InfraTaskFailed
 from airflow_infra.targets.batch import BatchTarget, secrets
 from airflow_infra.targets.batch.links import batch_job_url
+from airflow_infra.targets.batch.trigger import array_progress
 from airflow_infra.targets.contract import ENDED, GONE, RUNNING, Call, Deferral, Handle, Runner
 from airflow_infra.targets.image import prepare_image
 from airflow_infra.targets.oom import out_of_memory
@@ -111,6 +113,7 @@ def explain_job(batch_job: dict[str, Any], memory_limit: int) -> str:
 class BatchRunner(Runner):
     kind = "batch"
     delivers_connections = True  # a Secrets Manager secret per call, in a job definition revision of its own (secrets.py)
+    fan_out, max_chunks = "array", 10_000  # an array job's most children
 
     _reference = ""
     _operator: Any = None
@@ -161,6 +164,10 @@ class BatchRunner(Runner):
             "resourceRequirements": resource_requirements(call),
             "environment": self._job_environment(call, operator.hook),
         }
+        if call.chunks > 1:  # a fan-out: one child per chunk, each told its index by Batch
+            operator.array_properties = {"size": call.chunks}
+        elif call.chunks == 1:  # Batch takes no array of one: the job's one chunk, named
+            operator.container_overrides["environment"].append({"name": runtime.ONE_CHUNK, "value": "0"})
         if call.resources.timeout:
             operator.submit_job_timeout = max(60, int(call.resources.timeout))  # Batch's minimum
         details: dict[str, Any] = {}  # stored with the handle: a resumed attempt releases them too
@@ -219,7 +226,8 @@ class BatchRunner(Runner):
     def wait(self, call: Call, handle: Handle) -> Deferral | None:
         operator = self._operator
         if not self.target.deferrable:
-            operator.monitor_job(call.context)  # follows the job, its log into the task log; raises if it failed
+            with array_progress(call, handle.id, operator.hook.client):
+                operator.monitor_job(call.context)  # follows the job, its log into the task log; raises if it failed
             return None
         from airflow_infra.targets.batch.trigger import BatchCallTrigger
 

@@ -15,13 +15,57 @@ by every deferred task, never waits on the network.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 LOG_GROUP = "/aws/batch/job"
 ENDED = {"SUCCEEDED": "success", "FAILED": "failure"}
+
+
+PROGRESS_SECONDS = 10
+
+
+def describe_progress(job: dict[str, Any]) -> str | None:
+    """An array job's children, counted: a fan-out's progress line (None for a plain job)."""
+    summary = (job.get("arrayProperties") or {}).get("statusSummary")
+    if not summary:
+        return None
+    size = job["arrayProperties"].get("size") or sum(summary.values())
+    running = sum(summary.get(s, 0) for s in ("STARTING", "RUNNING"))
+    return (f"fan-out: {summary.get('SUCCEEDED', 0)}/{size} children of Batch job {job.get('jobId')} done, "
+            f"{summary.get('FAILED', 0)} failed, {running} running")
+
+
+@contextmanager
+def array_progress(call: Any, job_id: str, client: Any) -> Iterator[None]:
+    """While a blocking worker waits for a fan-out's array job, say how far along it is
+    every PROGRESS_SECONDS (one line, not one per child)."""
+    if call.chunks < 2:
+        yield
+        return
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.wait(PROGRESS_SECONDS):
+            try:
+                jobs = client.describe_jobs(jobs=[job_id])["jobs"]
+            except Exception:  # noqa: BLE001 - progress is a courtesy: the wait itself reports failures
+                continue
+            line = describe_progress(jobs[0]) if jobs else None
+            if line:
+                call.log.info("%s", line)
+
+    thread = threading.Thread(target=report, name="airflow-infra-array-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 class BatchCallTrigger(BaseTrigger):
@@ -42,10 +86,14 @@ class BatchCallTrigger(BaseTrigger):
 
         batch = BatchClientHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
         logs = AwsLogsHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
-        token, stream = AwsLogsHook.ContinuationToken(), None
+        token, stream, said = AwsLogsHook.ContinuationToken(), None, 0.0
         while True:
             job = await asyncio.to_thread(self._describe, batch)
             status = job.get("status", "UNKNOWN")
+            progress = describe_progress(job)  # a fan-out's array job: its children, counted
+            if progress and (time.monotonic() - said >= PROGRESS_SECONDS or status in ENDED):
+                self.log.info("%s", progress)
+                said = time.monotonic()
             stream = (job.get("container") or {}).get("logStreamName") or stream
             if stream:
                 # After the status: a job seen ended has written all its log before.

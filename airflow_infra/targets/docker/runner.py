@@ -95,7 +95,7 @@ def require_gpu_runtime(info: dict, where: str, gpu: int) -> None:
 class DockerRunner(Runner):
     kind = "docker"
     delivers_connections = True  # over the container's standard input (deliver_connections)
-    fans_out = True
+    fan_out = "pool"
 
     _reference: str
     _staged: StagedCall | None = None

@@ -62,7 +62,7 @@ class EarlierCall:
 class LocalRunner(Runner):
     kind = "local"
     delivers_connections = True  # in the request the warm server forks the call from (server.py)
-    fans_out = True
+    fan_out = "pool"
 
     _python: Path
     _staged: StagedCall | None = None

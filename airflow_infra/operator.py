@@ -377,6 +377,8 @@ class InfraOperator(BaseOperator):
         else:
             size = fanout.chunking(len(pending), spec, parallelism, runner.max_chunks)
         uris, sizes, members = fanout.write_chunks(store, folder, items, pending, size)
+        if runner.fan_out == "array":  # the platform runs the children: all at once unless told otherwise
+            parallelism = spec.parallelism or len(uris) or 1
         self.log.info(
             "fan-out over %d items of %r: %d to run in %d chunks of up to %d, %d at a time; %d with a result from an earlier try",
             len(items), spec.argument, len(pending), len(uris), size, parallelism, len(done.indexes),

@@ -5,7 +5,6 @@ as a lazy sequence."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -107,3 +106,27 @@ def test_on_batch_a_fan_out_is_one_array_job_whose_children_find_their_index(dag
     reports = [square.store.read_json(square.path / f"chunk-{c}.json") for c in range(3)]
     assert [(r["chunk"], r["told"], len(r["items"])) for r in reports] == [
         (0, "AWS_BATCH_JOB_ARRAY_INDEX", 7), (1, "AWS_BATCH_JOB_ARRAY_INDEX", 7), (2, "AWS_BATCH_JOB_ARRAY_INDEX", 6)]
+
+
+def test_on_kubernetes_a_fan_out_is_one_indexed_job_whose_pods_find_their_index(dags, docker_yaml, moto_s3, fake_kube):
+    import requests
+
+    from tests.conftest import FAKE_KUBE_API
+    from tests.test_kubernetes import pods_left, write_kube_yaml
+
+    write_kube_yaml(docker_yaml, moto_s3, rules='rules:\n  - {when: "memory >= 256Mi", target: k8s}\n  - {target: local}\n')
+    run = dags.test("infra_fan_out", conf={"n": 20, "fail": [5]})
+    assert run.succeeded, run.output[-5000:]
+    total = Client(moto_s3).run("infra_fan_out", run.run_id)["total"].result
+    assert total["failed"] == [5] and total["sum"] == 2 * sum(x * x for x in range(20) if x != 5) and total["n"] == 20
+    assert "Indexed Job ml/" in run.output and ": 3 pods, 3 at a time" in run.output
+    square = Client(moto_s3).run("infra_fan_out", run.run_id)["square"][-1]
+    reports = [square.store.read_json(square.path / f"chunk-{c}.json") for c in range(3)]
+    assert [(r["chunk"], r["told"], len(r["items"])) for r in reports] == [
+        (0, "JOB_COMPLETION_INDEX", 7), (1, "JOB_COMPLETION_INDEX", 7), (2, "JOB_COMPLETION_INDEX", 6)]
+    # The job and its pods are gone once the task has its results.
+    assert requests.get(f"{FAKE_KUBE_API}/apis/batch/v1/namespaces/ml/jobs", timeout=10).json()["items"] == []
+    deadline = __import__("time").monotonic() + 30
+    while pods_left() and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.5)
+    assert pods_left() == []

@@ -138,6 +138,7 @@ def package_call(
         durable=durable.available(context),
         connections=connections,
         chunks=len(fan_out["chunks"]) if fan_out else 0,
+        parallelism=fan_out["parallelism"] if fan_out else 0,
     )
     return Packaged(call, meta, args, kwargs)
 

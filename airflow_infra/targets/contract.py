@@ -78,6 +78,7 @@ class Call:
     # A fan-out's number of chunks (pipeline.fanout): a kind that runs one child per chunk
     # (an array job, an Indexed Job) starts this many; 0: a single call.
     chunks: int = 0
+    parallelism: int = 0  # how many of those at once (0: as the platform likes)
     # Whether a later try of this task instance can find this call (pipeline.durable): then a
     # kind whose calls would end with their worker (local) lets them run on without it.
     durable: bool = False

@@ -17,6 +17,7 @@ from typing import Any
 
 from airflow_infra.targets.contract import ENDED, GONE, RUNNING, Call, Deferral, Handle, Runner
 from airflow_infra.targets.image import prepare_image
+from airflow_infra.targets.kubernetes import indexed
 from airflow_infra.targets.kubernetes.explain import explain_pod
 from airflow_infra.targets.kubernetes.secrets import create_secret, delete_secret, documents, mount_secret, own_secret
 from airflow_infra.targets.kubernetes.podspec import (
@@ -38,6 +39,7 @@ from airflow_infra.targets.remote import (
 class KubernetesRunner(Runner):
     kind = "kubernetes"
     delivers_connections = True  # a short-lived Secret per call, mounted into its pod (secrets.py)
+    fan_out, max_chunks = "array", 100_000  # an Indexed Job's most completions (indexed.py)
 
     _reference = ""
     _operator: Any = None
@@ -56,6 +58,8 @@ class KubernetesRunner(Runner):
         return env
 
     def submit(self, call: Call) -> Handle:
+        if call.chunks:
+            return self._submit_indexed(call)
         operator = make_operator(
             call, operator_arguments(call, self.target, self._reference, call.folder_uri, self._environment(call))
         )
@@ -93,8 +97,22 @@ class KubernetesRunner(Runner):
             details["secret"] = secret  # the handle is stored: a resumed attempt deletes it too
         return Handle(self.kind, self.name, metadata.name, folder, details)
 
+    def _submit_indexed(self, call: Call) -> Handle:
+        if documents(call, issue_store_credentials(call, self.target)):
+            from airflow_infra.errors import InfraTaskFailed
+
+            raise InfraTaskFailed(f"{call.where}: a fan-out on kubernetes cannot take connections or per-call store "
+                                  "credentials yet; declare none, or route the task to a batch or docker target")
+        arguments = operator_arguments(call, self.target, self._reference, call.folder_uri, self._environment(call))
+        self._operator = indexed.job_operator(call, arguments, call.parallelism or call.chunks)
+        return indexed.submit(self._operator, call, self.kind, self.name)
+
     def wait(self, call: Call, handle: Handle) -> Deferral | None:
         from airflow.sdk.exceptions import TaskDeferred
+
+        if handle.details.get("job"):  # a fan-out's Indexed Job: waited for here, also on deferrable targets
+            indexed.wait(self._operator, call)
+            return None
 
         try:
             execute_delegate(self._operator, call.context)  # follows the pod submit() set
@@ -117,6 +135,8 @@ class KubernetesRunner(Runner):
         they were when it ended (not the snapshot the operator took at create)."""
         if handle.details.get("killed"):
             return "the task was killed; its pod was deleted"
+        if handle.details.get("job"):
+            return f"the Indexed Job {handle.id} ended before any of its pods reported: {error}"
         operator = self._operator
         pod = getattr(operator, "final_pod", None) or getattr(operator, "remote_pod", None) or getattr(operator, "pod", None)
         limits = resource_requirements(call.resources, self.target).get("limits", {})
@@ -127,12 +147,18 @@ class KubernetesRunner(Runner):
         )
 
     def collect(self, call: Call, handle: Handle) -> None:
+        if handle.details.get("job"):  # its pods go with it
+            indexed.delete(self._batch_client(), handle, self.target.namespace)
+            return
         # The pod's Secret goes with the pod (it owns it); deleted here too, at once.
         if handle.details.get("secret"):
             delete_secret(self._client(), handle.details.get("namespace", self.target.namespace), handle.details["secret"])
 
     def kill(self, handle: Handle) -> None:
         handle.details["killed"] = True
+        if handle.details.get("job"):
+            indexed.delete(self._batch_client(), handle, self.target.namespace)
+            return
         operator = self._operator
         if operator is not None and operator.pod is not None:
             operator.on_kill()  # deletes the pod
@@ -154,6 +180,12 @@ class KubernetesRunner(Runner):
 
     def status(self, call: Call, handle: Handle) -> str:
         from kubernetes.client.exceptions import ApiException
+
+        if handle.details.get("job"):
+            # A fan-out's Indexed Job is not followed by a later try (a limit of this version):
+            # the try runs the items again, and removes the job first.
+            indexed.delete(self._batch_client(), handle, self.target.namespace)
+            return GONE
 
         # The handle comes from the task state store, which Airflow's REST API can write: only
         # a pod of the target's namespace that writes this very call's folder is followed.
@@ -177,6 +209,11 @@ class KubernetesRunner(Runner):
         operator.pod_request_obj = operator.build_pod_request_obj(call.context)
         operator.pod = self._client().read_namespaced_pod(handle.id, self.target.namespace)
         self._operator = operator
+
+    def _batch_client(self) -> Any:
+        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+        return KubernetesHook(conn_id=self.target.kubernetes_conn_id).batch_v1_client
 
     def _client(self) -> Any:
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook

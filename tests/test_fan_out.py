@@ -5,6 +5,7 @@ as a lazy sequence."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -76,6 +77,27 @@ def test_clearing_a_failed_fan_out_runs_only_the_items_without_a_good_result(dag
     assert total["failed"] == [] and total["sum"] == 2 * sum(x * x for x in range(30)) and total["n"] == 30
 
 
+def test_on_docker_a_fan_out_runs_its_pool_in_one_container_sized_for_it(dags, docker_yaml):
+    import docker
+
+    docker_yaml('rules:\n  - {when: "memory >= 256Mi", target: docker}\n  - {target: local}\n')
+    engine = docker.from_env()
+    since = int(__import__("time").time()) - 1
+    run = dags.test("infra_fan_out", conf={"n": 20, "fail": [5]})
+    assert run.succeeded, run.output[-5000:]
+    total = _total(run)
+    assert total["failed"] == [5] and total["sum"] == 2 * sum(x * x for x in range(20) if x != 5)
+    assert "fan-out: 20/20 items done" not in run.output and "fan-out: 19/20 items done, 1 failed, 0 running" in run.output
+    created = list(engine.events(since=since, until=int(__import__("time").time()), decode=True,
+                                 filters={"event": "create", "label": "org.airflow-infra.dag=infra_fan_out"}))
+    assert len(created) == 1, created  # one container for the twenty items
+    # Sized for the pool: parallelism (the worker's cores, at most the chunks) x the declared 256Mi per item.
+    at_once = min(len(os.sched_getaffinity(0)), 3)
+    assert f"chunks of up to 7, {at_once} at a time" in run.output
+    square = Client(_store()).run("infra_fan_out", run.run_id)["square"][-1]
+    assert square.meta["resources"]["memory"] == at_once * (256 << 20) and square.meta["target"] == "docker"
+
+
 ON_BATCH = 'rules:\n  - {when: "memory >= 256Mi", target: gpu}\n  - {target: local}\n'  # square on Batch, the rest local
 
 
@@ -130,3 +152,74 @@ def test_on_kubernetes_a_fan_out_is_one_indexed_job_whose_pods_find_their_index(
     while pods_left() and __import__("time").monotonic() < deadline:
         __import__("time").sleep(0.5)
     assert pods_left() == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("where", ["local", "batch", "kubernetes"])
+def test_killing_a_fan_out_stops_its_pool_array_job_or_indexed_job(dags, docker_yaml, moto_s3, batch_queue, fake_kube, tmp_path, where):
+    import signal
+    import time
+
+    import boto3
+    import requests
+
+    from tests.conftest import FAKE_KUBE_API, MOTO
+    from tests.test_batch import write_batch_yaml
+    from tests.test_kubernetes import pods_left, write_kube_yaml
+
+    work = str(tmp_path) if where == "local" else ""
+    if where == "batch":
+        write_batch_yaml(docker_yaml, moto_s3, batch_queue, rules=ON_BATCH)
+    elif where == "kubernetes":
+        write_kube_yaml(docker_yaml, moto_s3, rules='rules:\n  - {when: "memory >= 256Mi", target: k8s}\n  - {target: local}\n')
+    batch = boto3.client("batch", region_name="us-east-1", endpoint_url=MOTO, aws_access_key_id="testing", aws_secret_access_key="testing")
+    active = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+
+    def jobs(statuses=active) -> list[str]:
+        return [j["jobId"] for s in statuses for j in batch.list_jobs(jobQueue=batch_queue, jobStatus=s)["jobSummaryList"]
+                if j["jobName"].startswith("infra_fan_out_sleeper")]
+
+    def k8s_jobs() -> list[str]:
+        return [j["metadata"]["name"] for j in requests.get(f"{FAKE_KUBE_API}/apis/batch/v1/namespaces/ml/jobs", timeout=10).json()["items"]]
+
+    def running() -> bool:
+        if where == "local":
+            return (tmp_path / "pids").is_dir() and len(list((tmp_path / "pids").iterdir())) == 6
+        if where == "batch":
+            return len(jobs(("RUNNING",))) >= 6
+        return len(pods_left()) >= 6
+
+    proc = subprocess.Popen([sys.executable, "-m", "airflow", "dags", "test", "infra_fan_out_sleeper", "-c",
+                             json.dumps({"n": 6, "seconds": 120, "work": work})],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not running():
+            assert proc.poll() is None and time.monotonic() < deadline, (proc.stdout.read()[-3000:] if proc.poll() is not None else "no start")
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)  # what a task process receives when the task is killed
+        output, _ = proc.communicate(timeout=120)
+        assert "task 'sleeps'" in output
+        deadline = time.monotonic() + 60
+        while True:
+            if where == "local":
+                left = [p.name for p in (tmp_path / "pids").iterdir() if _alive(int(p.name))]
+            elif where == "batch":
+                left = jobs()
+            else:
+                left = k8s_jobs() + pods_left()
+            if not left or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert left == [], f"still running after the kill: {left}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

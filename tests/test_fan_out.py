@@ -36,6 +36,14 @@ def test_a_fan_out_runs_every_item_in_one_task_instance_and_hands_on_a_lazy_sequ
     assert "fan-out: 100/100 items done, 0 failed, 0 running" in run.output
     # One task instance for the hundred items: no mapped instances.
     assert "map_index=0" not in run.output
+    # The plugin page's view of it (plugin/report.py): counts and per-item measurements.
+    from airflow_infra.plugin.report import runs
+
+    [square] = [c for r in runs("infra_fan_out", limit=1) for c in r["calls"] if c["task_id"] == "square"]
+    view = square["fan_out"]
+    assert (view["items"], view["ran"], view["reused"], view["failed"], view["failed_items"]) == (100, 100, 0, 0, [])
+    assert len(view["measured"]["wall_seconds"]) == 7 and len(view["measured"]["slowest"]) == 5
+    assert view["measured"]["peak_memory_bytes"][0] > 1 << 20
 
 
 def test_failed_items_within_the_tolerance_are_none_and_a_clear_runs_only_them(dags):

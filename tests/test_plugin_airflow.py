@@ -269,8 +269,15 @@ def _call(task_id, map_index, requested, peak, cpu_seconds=1.0, wall=2.0, escala
             "measured": {"peak_memory_bytes": peak, "cpu_seconds": cpu_seconds, "wall_seconds": wall}, "hints": []}
 
 
+FAN_OUT = {"items": 10000, "ran": 3, "reused": 9997, "failed": 2, "failed_items": [17, 4242],
+           "errors": {"17": {"type": "ValueError", "message": "bad item"}},
+           "measured": {"quantiles": [0, 0.25, 0.5, 0.75, 0.9, 0.99, 1], "wall_seconds": [0.1, 0.2, 0.3, 0.4, 0.5, 1.5, 9.0],
+                        "cpu_seconds": [0] * 7, "peak_memory_bytes": [MI] * 6 + [64 * MI],
+                        "slowest": [{"index": 99, "wall_seconds": 9.0}, {"index": 5, "wall_seconds": 1.5}]}}
+
 CHART_RUNS = [  # newest first, as the runs API answers
     {"run_id": "r3", "submitted_at": "3", "problems": [], "calls": [
+        {**_call("square", -1, {"memory": 256 * MI}, 64 * MI), "fan_out": FAN_OUT},
         _call("fit", -1, {"memory": 192 * MI, "cpu": 0.5}, 150 * MI, autosized={"memory": {"value": "192Mi", "source": "history", "runs": ["r2"], "calls": 1, "used": "150Mi", "bound": None}}),
         _call("shard", 0, {"memory": 64 * MI}, 20 * MI), _call("shard", 1, {"memory": 64 * MI}, 50 * MI)]},
     {"run_id": "r2", "submitted_at": "2", "problems": [], "calls": [
@@ -306,6 +313,16 @@ def test_the_page_charts_requested_vs_used_per_task_with_escalations_marked(brow
     assert heights[0] > heights[1] > heights[2]  # the request fell: 1Gi, 256Mi, 192Mi
     [shard] = browser.find_elements(By.CSS_SELECTOR, "table.charts tr[data-task-id=shard] svg.chart.memory g.point")
     assert shard.find_element(By.TAG_NAME, "title").get_attribute("textContent") == "r3: used 50Mi of 64Mi"  # the largest index
+    # A fan-out's row: its counts, its items' quantiles as bars (tallest last), the slowest and the failed items.
+    [row] = browser.find_elements(By.CSS_SELECTOR, "table.fan-outs tr[data-task-id=square]")
+    assert row.get_attribute("data-run-id") == "r3"
+    assert row.find_element(By.CSS_SELECTOR, "td.counts").text == "10000 items: 3 ran, 9997 reused, 2 failed"
+    bars = row.find_elements(By.CSS_SELECTOR, "svg.chart.quantiles.wall g.quantile")
+    assert len(bars) == 7 and bars[-1].find_element(By.TAG_NAME, "title").get_attribute("textContent") == "p100: 9s"
+    heights = [float(b.find_element(By.TAG_NAME, "rect").get_attribute("height")) for b in bars]
+    assert heights == sorted(heights) and heights[-1] > 5 * heights[3]
+    assert row.find_element(By.CSS_SELECTOR, "td.slowest").text == "item 99 (9s), item 5 (1.5s)"
+    assert [e.text for e in row.find_elements(By.CSS_SELECTOR, "td.failed div.failed-item")] == ["item 17: ValueError: bad item", "item 4242"]
     cpu = browser.find_elements(By.CSS_SELECTOR, "table.charts tr[data-task-id=fit] svg.chart.cpu g.point")
     assert cpu[0].find_element(By.TAG_NAME, "title").get_attribute("textContent") == "r1: used 0.50 cores of 2.00 cores"
     # The runs table still shows where the auto request came from.

@@ -8,6 +8,8 @@ Measured use comes from the artifact store (`airflow_infra.client`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 from collections import defaultdict
 from collections.abc import Iterable
@@ -129,7 +131,31 @@ def runs(dag_id: str, limit: int = 5) -> list[dict[str, Any]]:
                         "autosized": call.meta.get("autosized"),
                         "measured": call.metrics,
                         "hints": advice(call.requested, call.metrics),
+                        "fan_out": fan_out_view(call),
                     }
                 )
         out.append({"run_id": run.run_id, "submitted_at": run.submitted_at, "calls": calls, "problems": run.problems})
     return out
+
+
+FAILED_SHOWN = 20
+
+
+def fan_out_view(call: Any) -> dict[str, Any] | None:
+    """A fan-out's counts, its items' measurements in brief (quantiles, the slowest) and its
+    failed items with their first errors (pipeline/fanout.py); None for a single call."""
+    from airflow_infra.pipeline.fanout import MANIFEST
+
+    try:
+        outcome = call.outcome or {}
+    except Exception:  # noqa: BLE001 - an unreadable outcome is shown as the call's status already
+        return None
+    if not outcome.get("fan_out"):
+        return None
+    try:
+        manifest = call.store.read_json(call.path / MANIFEST)
+        failed, errors = list(manifest.get("failed") or [])[:FAILED_SHOWN], manifest.get("errors") or {}
+    except Exception:  # noqa: BLE001 - the counts still show; the manifest's own problem is the store's
+        failed, errors = [], {}
+    return {**outcome["fan_out"], "measured": outcome.get("items_measured") or {}, "failed_items": failed,
+            "errors": {k: {"type": v.get("type"), "message": v.get("message")} for k, v in errors.items() if isinstance(v, dict)}}

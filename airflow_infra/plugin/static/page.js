@@ -241,6 +241,43 @@
     return table("charts", ["Task", "Memory: peak in requested (oldest run first)", "CPU: cores used in requested"], rows);
   }
 
+  // A fan-out's items in brief: one bar per quantile of their wall time and peak memory.
+  function quantileChart(values, quantiles, field) {
+    const width = 14 * values.length + 8, height = 48;
+    const top = Math.max(1e-9, ...values);
+    const show = field === "memory" ? bytes : seconds;
+    const bars = values.map((v, i) => {
+      const h = Math.max(1, Math.round((v / top) * (height - 4)));
+      const title = svg("title");
+      title.textContent = `p${Math.round(quantiles[i] * 100)}: ${show(v)}`;
+      return svg("g", { class: "quantile" }, title, svg("rect", { x: 4 + 14 * i, y: height - h, width: 10, height: h, class: "used" }));
+    });
+    return svg("svg", { class: `chart quantiles ${field}`, width, height, viewBox: `0 0 ${width} ${height}`, role: "img" }, ...bars);
+  }
+
+  function fanOutTable(runs) {
+    const rows = [];
+    for (const run of runs) {
+      for (const call of run.calls.filter((c) => c.fan_out)) {
+        const f = call.fan_out, m = f.measured || {};
+        const failed = f.failed_items.map((i) => {
+          const e = f.errors[String(i)];
+          return el("div", { class: "failed-item" }, e ? `item ${i}: ${e.type}: ${e.message}` : `item ${i}`);
+        });
+        rows.push(el("tr", { "data-task-id": call.task_id, "data-run-id": run.run_id },
+          el("td", {}, run.run_id), el("td", {}, call.task_id),
+          el("td", { class: "counts" }, `${f.items} items: ${f.ran} ran, ${f.reused} reused, ${f.failed} failed`),
+          el("td", {}, m.wall_seconds && m.wall_seconds.length ? quantileChart(m.wall_seconds, m.quantiles, "wall") : "—"),
+          el("td", {}, m.peak_memory_bytes && m.peak_memory_bytes.length ? quantileChart(m.peak_memory_bytes, m.quantiles, "memory") : "—"),
+          el("td", { class: "slowest" }, (m.slowest || []).map((s) => `item ${s.index} (${seconds(s.wall_seconds)})`).join(", ")),
+          el("td", { class: "failed" }, ...(failed.length ? failed : ["none"]))));
+      }
+    }
+    return rows.length
+      ? table("fan-outs", ["Run", "Task", "Items", "Wall time per item (quantiles)", "Peak memory", "Slowest", "Failed"], rows)
+      : null;
+  }
+
   async function fillRuns(section, id) {
     const holder = el("div", {}, el("p", { class: "note" }, "Loading runs…"));
     section.append(el("h3", {}, "Recent runs: measured vs requested"), holder);
@@ -248,7 +285,7 @@
       const data = await getJSON(`api/dags/${encodeURIComponent(id)}/runs?limit=10`);
       holder.replaceChildren(
         ...(data.runs.length
-          ? [chartsTable(data.runs), runsTable(data.runs.slice(0, 5))]
+          ? [chartsTable(data.runs), fanOutTable(data.runs.slice(0, 5)), runsTable(data.runs.slice(0, 5))].filter(Boolean)
           : [el("p", { class: "note" }, "No runs in the artifact store yet.")]),
       );
     } catch (err) {

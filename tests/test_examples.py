@@ -69,3 +69,12 @@ def test_dynamic_fan_out_and_reduce(dags):
         assert isinstance(run.result("count_words", i), Counter)
         # A Counter is not a plain value: XCom carried a reference, the store the value.
         assert run.outcome("count_words", i)["outputs"][0]["plain"] is False
+
+
+def test_scale_out_example_runs_a_grid_past_the_mapping_limit_as_one_task(dags):
+    run = dags.test("scale_out_example", conf={"n_points": 1500})
+    assert run.succeeded, run.output[-4000:]
+    best = run.result("best")
+    assert best["points"] == 1500 and best["loss"] < 0.05 and set(best["point"]) == {"lr", "l2"}
+    assert "fan-out over 1500 items of 'point'" in run.output and "fan-out: 1500/1500 items done, 0 failed, 0 running" in run.output
+    assert run.output.count("[DAG TEST] starting task_id=evaluate") == 1  # one task instance, past max_map_length (1024)

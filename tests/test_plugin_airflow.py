@@ -120,7 +120,8 @@ def test_plugin_api_needs_airflow_credentials(airflow_server, path):
 def test_plugin_api_plans(airflow_server):
     dags = {d["dag_id"]: d for d in airflow_server.get("/infra/api/plans").json()["dags"]}
     assert sorted(dags) == [
-        "fanout_example", "infra_durable", "infra_durable_deferred", "infra_scheduler_kube", "params_example", "recsys_seed"]
+        "fanout_example", "infra_durable", "infra_durable_deferred", "infra_scheduler_kube", "params_example", "recsys_seed",
+        "scale_out_example"]
     assert all(d["error"] is None for d in dags.values())
     recsys = {p["task_id"]: p for p in dags["recsys_seed"]["plans"]}
     fit_a = recsys["fit_a"]

@@ -8,8 +8,6 @@ Measured use comes from the artifact store (`airflow_infra.client`).
 
 from __future__ import annotations
 
-from typing import Any
-
 import os
 from collections import defaultdict
 from collections.abc import Iterable

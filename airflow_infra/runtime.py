@@ -415,10 +415,11 @@ def run_chunk(call: dict[str, Any], args: list, kwargs: dict, local_refs: dict[s
             _register_sources(call.get("sources", {}))
             results.append(None)
             entry["error"] = {"type": type(exc).__name__, "message": _message(exc), "traceback": _user_traceback(exc)}
-        # Peak memory: the chunk's process so far (items share it; its first item's is its own).
-        entry.update(wall_seconds=round(time.monotonic() - started, 6), cpu_seconds=round(time.process_time() - cpu, 6),
-                     peak_memory_bytes=_peak_rss_kib() * 1024)
+        entry.update(wall_seconds=round(time.monotonic() - started, 6), cpu_seconds=round(time.process_time() - cpu, 6))
         report.append(entry)
+    # Peak memory once per chunk, not per item: the items share the process, and reading it
+    # (/proc/self/status) costs more than a small item's whole work.
+    peak = _peak_rss_kib() * 1024
     results_file, report_file = chunk_files(out_dir, chunk)
     try:
         with open_write(results_file) as fh:
@@ -431,7 +432,7 @@ def run_chunk(call: dict[str, Any], args: list, kwargs: dict, local_refs: dict[s
                 entry.update(ok=False, error={"type": type(exc).__name__, "message": f"the results cannot be pickled: {exc}",
                                               "traceback": ""})
     with open_write(report_file) as fh:
-        fh.write(json.dumps({"chunk": chunk, "told": told, "items": report}).encode())
+        fh.write(json.dumps({"chunk": chunk, "told": told, "peak_memory_bytes": peak, "items": report}).encode())
 
 
 def drive_fan_out(call: dict[str, Any], args: list, kwargs: dict, local_refs: dict[str, str], out_dir: str) -> dict[str, int]:

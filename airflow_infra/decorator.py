@@ -74,7 +74,7 @@ class _InfraTaskDecorator(_TaskDecorator):
             raise InfraSpecError(f"{at}: fan_out over {name!r}, which .partial() already fixed")
         spec = {"argument": name, "chunk": chunk, "parallelism": parallelism, "max_failures": max_failures}
         # Before the operator binds the arguments to the function: its error would not say which task.
-        FanOut.from_json(spec, dag_id, task_id).check(dag_id, task_id, self.function)
+        FanOut.from_json(spec, dag_id, task_id, self.function)
         return attr.evolve(self, kwargs={**kwargs, "fan_out": spec})(**fixed, **{name: value})
 
 

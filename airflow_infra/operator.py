@@ -372,10 +372,9 @@ class InfraOperator(BaseOperator):
         done = fanout.earlier_results(store, folder, digest, self.log)
         pending = [i for i in range(len(items)) if i not in done.indexes]
         parallelism = spec.parallelism or getattr(plan.target, "parallelism", None) or len(os.sched_getaffinity(0))
-        if runner.fan_out == "array":  # a child per item, unless told otherwise or past the platform's limit
-            size = fanout.chunking(len(pending), fanout.FanOut(spec.argument, chunk=spec.chunk or 1), parallelism, runner.max_chunks)
-        else:
-            size = fanout.chunking(len(pending), spec, parallelism, runner.max_chunks)
+        # An array kind: a child per item, unless told otherwise or past the platform's limit.
+        chunk = (spec.chunk or 1) if runner.fan_out == "array" else spec.chunk
+        size = fanout.chunking(len(pending), chunk, parallelism, runner.max_chunks)
         uris, sizes, members = fanout.write_chunks(store, folder, items, pending, size)
         if runner.fan_out == "array":  # the platform runs the children: all at once unless told otherwise
             parallelism = spec.parallelism or len(uris) or 1

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -90,13 +91,13 @@ def test_on_docker_a_fan_out_runs_its_pool_in_one_container_sized_for_it(dags, d
 
     docker_yaml('rules:\n  - {when: "memory >= 256Mi", target: docker}\n  - {target: local}\n')
     engine = docker.from_env()
-    since = int(__import__("time").time()) - 1
+    since = int(time.time()) - 1
     run = dags.test("infra_fan_out", conf={"n": 20, "fail": [5]})
     assert run.succeeded, run.output[-5000:]
     total = _total(run)
     assert total["failed"] == [5] and total["sum"] == 2 * sum(x * x for x in range(20) if x != 5)
     assert "fan-out: 20/20 items done" not in run.output and "fan-out: 19/20 items done, 1 failed, 0 running" in run.output
-    created = list(engine.events(since=since, until=int(__import__("time").time()), decode=True,
+    created = list(engine.events(since=since, until=int(time.time()), decode=True,
                                  filters={"event": "create", "label": "org.airflow-infra.dag=infra_fan_out"}))
     assert len(created) == 1, created  # one container for the twenty items
     # Sized for the pool: parallelism (the worker's cores, at most the chunks) x the declared 256Mi per item.
@@ -156,9 +157,9 @@ def test_on_kubernetes_a_fan_out_is_one_indexed_job_whose_pods_find_their_index(
         (0, "JOB_COMPLETION_INDEX", 7), (1, "JOB_COMPLETION_INDEX", 7), (2, "JOB_COMPLETION_INDEX", 6)]
     # The job and its pods are gone once the task has its results.
     assert requests.get(f"{FAKE_KUBE_API}/apis/batch/v1/namespaces/ml/jobs", timeout=10).json()["items"] == []
-    deadline = __import__("time").monotonic() + 30
-    while pods_left() and __import__("time").monotonic() < deadline:
-        __import__("time").sleep(0.5)
+    deadline = time.monotonic() + 30
+    while pods_left() and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert pods_left() == []
 
 
@@ -174,7 +175,6 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("where", ["local", "batch", "kubernetes"])
 def test_killing_a_fan_out_stops_its_pool_array_job_or_indexed_job(dags, docker_yaml, moto_s3, batch_queue, fake_kube, tmp_path, where):
     import signal
-    import time
 
     import boto3
     import requests

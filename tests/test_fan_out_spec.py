@@ -115,11 +115,11 @@ def test_items_may_be_any_sized_iterable():
 
 def test_chunk_sizes():
     spec = fanout.FanOut("x")
-    assert fanout.chunking(10_000, spec, 2, None) == 1250  # four chunks per worker
-    assert fanout.chunking(3, spec, 8, None) == 1
-    assert fanout.chunking(1000, fanout.FanOut("x", chunk=50), 8, None) == 50
-    assert fanout.chunking(100_000, fanout.FanOut("x", chunk=1), 8, 10_000) == 10  # never over the platform's limit
-    assert fanout.chunking(0, spec, 2, None) == 1
+    assert fanout.chunking(10_000, spec.chunk, 2, None) == 1250  # four chunks per worker
+    assert fanout.chunking(3, spec.chunk, 8, None) == 1
+    assert fanout.chunking(1000, 50, 8, None) == 50
+    assert fanout.chunking(100_000, 1, 8, 10_000) == 10  # never over the platform's limit
+    assert fanout.chunking(0, spec.chunk, 2, None) == 1
 
 
 def test_segments_keep_each_index_at_its_position():

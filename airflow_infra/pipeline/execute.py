@@ -4,6 +4,7 @@ once), wait or defer, resume, collect, and explain an end without an outcome."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from airflow_infra.artifacts import HANDLE_FILE, OUTCOME_FILE
 from airflow_infra.errors import InfraStoreError, InfraTaskFailed
@@ -124,7 +125,7 @@ class Execution:
             call.store.remove_tree(call.folder)
         if call.store.exists(self.outcome_folder / OUTCOME_FILE):
             return None  # ok, or the function failed and said why: the decoder reports either
-        if call.chunks and _any_chunk_reported(call.store, self.outcome_folder):
+        if call.chunks and _any_chunk_reported(self.outcome_folder):
             # A fan-out's children ran (some may have died): each chunk's report says how its
             # items did, and pipeline.fanout judges them. The children write no outcome of their own.
             call.store.write_json(self.outcome_folder / OUTCOME_FILE, {"ok": True, "ended": str(error or "") or None})
@@ -137,7 +138,7 @@ class Execution:
         raise InfraTaskFailed(f"{call.where}: {explanation}") from None
 
 
-def _any_chunk_reported(store, folder) -> bool:
+def _any_chunk_reported(folder: Any) -> bool:
     try:
         return any(p.name.startswith("chunk-") and p.name.endswith(".json") for p in folder.iterdir())
     except (FileNotFoundError, NotADirectoryError):

@@ -25,9 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_infra.artifacts import REF_KEY, attempt_order
 from airflow_infra.errors import InfraSpecError, InfraStoreError, InfraTaskFailed, where
-from airflow_infra.runtime import FAN_OUT_KEY
+from airflow_infra.runtime import FAN_OUT_KEY, REF_KEY  # light: the decorator imports this module where DAGs are parsed
 
 MANIFEST = "fan_out.json"
 # Chunks per worker when no chunk size is given: a slow item holds up a quarter of a
@@ -50,13 +49,12 @@ class FanOut:
         return {"argument": self.argument, "chunk": self.chunk, "parallelism": self.parallelism, "max_failures": self.max_failures}
 
     @classmethod
-    def from_json(cls, value: Any, dag_id: str | None, task_id: str | None) -> FanOut:
-        if isinstance(value, FanOut):
-            return value
+    def from_json(cls, value: Any, dag_id: str | None, task_id: str | None, function: Any = None) -> FanOut:
+        """The spec, checked (against `function`'s parameters too, when given)."""
         if not isinstance(value, dict) or set(value) - {"argument", "chunk", "parallelism", "max_failures"}:
             raise InfraSpecError(f"{where(dag_id, task_id)}: fan_out must be {{argument, chunk, parallelism, max_failures}}, got {value!r}")
         spec = cls(**value)
-        spec.check(dag_id, task_id)
+        spec.check(dag_id, task_id, function)
         return spec
 
     def check(self, dag_id: str | None, task_id: str | None, function: Any = None) -> None:
@@ -97,8 +95,7 @@ def check_fan_out(value: Any, function: Any, declared: dict[str, Any], cache: An
     """InfraOperator's fan_out, checked where the DAG is parsed; what the operator keeps."""
     if value is None:
         return None
-    spec = FanOut.from_json(value, dag_id, task_id)
-    spec.check(dag_id, task_id, function)
+    spec = FanOut.from_json(value, dag_id, task_id, function)
     at = where(dag_id, task_id)
     automatic = [name for name in ("cpu", "memory") if isinstance(declared.get(name), str) and declared[name].startswith("auto")]
     if automatic:
@@ -131,10 +128,10 @@ def items_of(value: Any, spec: FanOut, dag_id: str, task_id: str) -> list[Any]:
     return list(value)
 
 
-def chunking(pending: int, spec: FanOut, parallelism: int, max_chunks: int | None) -> int:
-    """Items per chunk: the declared size, else about CHUNKS_PER_WORKER chunks per worker;
-    never more chunks than the target takes at once (an array job's 10,000 children)."""
-    size = spec.chunk or max(1, math.ceil(pending / (parallelism * CHUNKS_PER_WORKER)))
+def chunking(pending: int, chunk: int | None, parallelism: int, max_chunks: int | None) -> int:
+    """Items per chunk: `chunk`, else about CHUNKS_PER_WORKER chunks per worker; never more
+    chunks than the target takes at once (an array job's 10,000 children)."""
+    size = chunk or max(1, math.ceil(pending / (parallelism * CHUNKS_PER_WORKER)))
     if max_chunks is not None and math.ceil(pending / size) > max_chunks:
         size = math.ceil(pending / max_chunks)
     return size
@@ -162,6 +159,8 @@ class Done:
 def earlier_results(store: Any, folder: Any, digest: str, log: Any) -> Done:
     """The good results of the latest earlier try (or attempt) of this task instance that
     fanned out over the same items with the same inputs; nothing when there is none."""
+    from airflow_infra.artifacts import attempt_order
+
     here = folder.name
     try:
         earlier = sorted((p for p in folder.parent.iterdir() if _TRY_FOLDER.match(p.name) and p.name != here
